@@ -1,0 +1,75 @@
+import { OPTIONS, type Config } from './options.js';
+import { redactUrl } from './parsers.js';
+
+export * from './options.js';
+export type { HostPort } from './parsers.js';
+
+/** The result of reading configuration: a config, or every problem found. */
+export type ConfigResult = { ok: true; config: Config } | { ok: false; problems: string[] };
+
+type Env = Record<string, string | undefined>;
+
+/** The legacy variable the coder Helm chart already provides to coderd. */
+export const CODER_PG_URL_ENV = 'CODER_PG_CONNECTION_URL';
+
+/**
+ * Reads and validates the guard's configuration from the environment. Every problem is
+ * reported, each phrased "VARIABLE value is not valid: rule", so an operator fixes them
+ * all in one rollout; secret values are redacted in messages.
+ *
+ * @example
+ * const r = loadConfig(process.env);
+ * if (!r.ok) { console.error(r.problems.join('\n')); process.exit(2); }
+ */
+export function loadConfig(env: Env): ConfigResult {
+  const problems: string[] = [];
+  const out: Partial<Record<keyof Config, unknown>> = {};
+
+  for (const spec of OPTIONS) {
+    let source = spec.env;
+    let raw = env[spec.env];
+    if ((raw === undefined || raw === '') && spec.key === 'pgUrl' && env[CODER_PG_URL_ENV]) {
+      source = CODER_PG_URL_ENV;
+      raw = env[CODER_PG_URL_ENV];
+    }
+    if (raw === undefined || raw === '') raw = spec.default;
+    if (raw === undefined) continue;
+    const parsed = spec.parse(raw);
+    if (parsed.ok) {
+      out[spec.key] = parsed.value;
+    } else {
+      const shown = spec.secret ? redactUrl(raw) : raw;
+      problems.push(`${source} ${JSON.stringify(shown)} is not valid: ${parsed.rule}`);
+    }
+  }
+
+  if (out.upstream === undefined && !problems.some((p) => p.startsWith('REINIT_GUARD_UPSTREAM '))) {
+    problems.push('REINIT_GUARD_UPSTREAM is not set: set it to the base URL of coderd, e.g. http://coder-upstream:8080');
+  }
+  const pgProblem = problems.some((p) => p.startsWith('REINIT_GUARD_PG_URL ') || p.startsWith(`${CODER_PG_URL_ENV} `));
+  if (out.pgUrl === undefined && out.mode !== 'off' && !pgProblem) {
+    problems.push(
+      `REINIT_GUARD_PG_URL is not set: set it (or ${CODER_PG_URL_ENV}) to coderd's PostgreSQL URL, or set REINIT_GUARD_MODE=off`,
+    );
+  }
+  const listen = out.listen as Config['listen'] | undefined;
+  const admin = out.adminListen as Config['adminListen'] | undefined;
+  if (listen && admin && listen.port !== 0 && listen.port === admin.port && listen.host === admin.host) {
+    problems.push(`REINIT_GUARD_ADMIN_LISTEN "${admin.host}:${admin.port}" is not valid: use a port other than REINIT_GUARD_LISTEN's`);
+  }
+
+  return problems.length ? { ok: false, problems } : { ok: true, config: out as Config };
+}
+
+/** A one-line summary of the configuration for the startup log, with secrets redacted. */
+export function describeConfig(config: Config): Record<string, unknown> {
+  return {
+    upstream: config.upstream.origin,
+    pg: config.pgUrl ? redactUrl(config.pgUrl) : null,
+    listen: `${config.listen.host}:${config.listen.port}`,
+    admin_listen: `${config.adminListen.host}:${config.adminListen.port}`,
+    mode: config.mode,
+    db_timeout_ms: config.dbTimeoutMs,
+    db_pool_size: config.dbPoolSize,
+  };
+}

@@ -1,0 +1,100 @@
+import {
+  parseBytes,
+  parseDuration,
+  parseEnum,
+  parseHostPort,
+  parseInteger,
+  parsePgUrl,
+  parseUpstream,
+  type HostPort,
+  type Parsed,
+} from './parsers.js';
+
+/** What the guard does with `/reinit` streams. */
+export const MODES = ['enforce', 'observe', 'off'] as const;
+export type Mode = (typeof MODES)[number];
+
+export const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export const FORWARDED_HEADER_MODES = ['append', 'off'] as const;
+export type ForwardedHeaderMode = (typeof FORWARDED_HEADER_MODES)[number];
+
+/** The validated configuration the guard runs with. */
+export interface Config {
+  upstream: URL;
+  pgUrl: string | undefined;
+  listen: HostPort;
+  adminListen: HostPort;
+  mode: Mode;
+  dbTimeoutMs: number;
+  dbConnectTimeoutMs: number;
+  dbPoolSize: number;
+  peekTimeoutMs: number;
+  peekMaxBytes: number;
+  cacheSize: number;
+  suppressCacheTtlMs: number;
+  passCacheTtlMs: number;
+  logLevel: LogLevel;
+  forwardedHeaders: ForwardedHeaderMode;
+}
+
+export const DEFAULT_LISTEN = '0.0.0.0:8080';
+export const DEFAULT_ADMIN_LISTEN = '0.0.0.0:9090';
+export const DEFAULT_MODE: Mode = 'enforce';
+export const DEFAULT_DB_TIMEOUT = '2s';
+export const DEFAULT_DB_CONNECT_TIMEOUT = '5s';
+export const DEFAULT_DB_POOL_SIZE = '4';
+export const DEFAULT_PEEK_TIMEOUT = '5s';
+export const DEFAULT_PEEK_MAX_BYTES = '64KiB';
+export const DEFAULT_CACHE_SIZE = '100000';
+export const DEFAULT_SUPPRESS_CACHE_TTL = '24h';
+export const DEFAULT_PASS_CACHE_TTL = '2s';
+/** A "claim build is latest" verdict goes stale as soon as the user builds again. */
+export const MAX_PASS_CACHE_TTL_MS = 10_000;
+export const DEFAULT_LOG_LEVEL: LogLevel = 'info';
+export const DEFAULT_FORWARDED_HEADERS: ForwardedHeaderMode = 'append';
+
+/** One environment variable: its documentation, default and parser. */
+export interface OptionSpec<K extends keyof Config = keyof Config> {
+  env: string;
+  key: K;
+  doc: string;
+  /** Default as the operator would write it; absent means required or unset. */
+  default?: string;
+  /** Never echo the value in a message (it may carry a password). */
+  secret?: boolean;
+  parse: (raw: string) => Parsed<Config[K]>;
+}
+
+const option = <K extends keyof Config>(spec: OptionSpec<K>): OptionSpec<K> => spec;
+
+const maxPassTtl = (raw: string): Parsed<number> => {
+  const d = parseDuration(raw);
+  return d.ok && d.value > MAX_PASS_CACHE_TTL_MS ? { ok: false, rule: 'use at most 10s: the claim build stops being the latest as soon as the user builds again' } : d;
+};
+
+/** Every option, in the order the README documents them. */
+export const OPTIONS: readonly OptionSpec[] = [
+  option({ env: 'REINIT_GUARD_UPSTREAM', key: 'upstream', doc: 'coderd base URL (http or https); required', parse: parseUpstream }),
+  option({
+    env: 'REINIT_GUARD_PG_URL',
+    key: 'pgUrl',
+    doc: "PostgreSQL URL of coderd's database; falls back to CODER_PG_CONNECTION_URL; required unless the mode is off",
+    secret: true,
+    parse: parsePgUrl,
+  }),
+  option({ env: 'REINIT_GUARD_LISTEN', key: 'listen', doc: 'host:port for proxied traffic', default: DEFAULT_LISTEN, parse: parseHostPort }),
+  option({ env: 'REINIT_GUARD_ADMIN_LISTEN', key: 'adminListen', doc: 'host:port for /healthz, /readyz and /metrics', default: DEFAULT_ADMIN_LISTEN, parse: parseHostPort }),
+  option({ env: 'REINIT_GUARD_MODE', key: 'mode', doc: 'enforce, observe or off', default: DEFAULT_MODE, parse: (r) => parseEnum(r, MODES) }),
+  option({ env: 'REINIT_GUARD_DB_TIMEOUT', key: 'dbTimeoutMs', doc: "deadline for one decision's database work", default: DEFAULT_DB_TIMEOUT, parse: parseDuration }),
+  option({ env: 'REINIT_GUARD_DB_CONNECT_TIMEOUT', key: 'dbConnectTimeoutMs', doc: 'deadline for opening one database connection', default: DEFAULT_DB_CONNECT_TIMEOUT, parse: parseDuration }),
+  option({ env: 'REINIT_GUARD_DB_POOL_SIZE', key: 'dbPoolSize', doc: 'most database connections the guard opens', default: DEFAULT_DB_POOL_SIZE, parse: (r) => parseInteger(r, 1, 64) }),
+  option({ env: 'REINIT_GUARD_PEEK_TIMEOUT', key: 'peekTimeoutMs', doc: 'how long to wait for the first SSE event to complete once coderd sent headers; past it the stream passes unchanged', default: DEFAULT_PEEK_TIMEOUT, parse: parseDuration }),
+  option({ env: 'REINIT_GUARD_PEEK_MAX_BYTES', key: 'peekMaxBytes', doc: 'most bytes held while reading the first SSE event; past it the stream passes unchanged', default: DEFAULT_PEEK_MAX_BYTES, parse: (r) => parseBytes(r, 1024, 16 * 1024 * 1024) }),
+  option({ env: 'REINIT_GUARD_CACHE_SIZE', key: 'cacheSize', doc: 'most workspaces whose verdict is cached', default: DEFAULT_CACHE_SIZE, parse: (r) => parseInteger(r, 0, 10_000_000) }),
+  option({ env: 'REINIT_GUARD_SUPPRESS_CACHE_TTL', key: 'suppressCacheTtlMs', doc: 'how long a "claim already handled" verdict is cached (it is final)', default: DEFAULT_SUPPRESS_CACHE_TTL, parse: parseDuration }),
+  option({ env: 'REINIT_GUARD_PASS_CACHE_TTL', key: 'passCacheTtlMs', doc: 'how long a "claim build is the latest" verdict is cached (at most 10s)', default: DEFAULT_PASS_CACHE_TTL, parse: maxPassTtl }),
+  option({ env: 'REINIT_GUARD_LOG_LEVEL', key: 'logLevel', doc: 'debug, info, warn or error', default: DEFAULT_LOG_LEVEL, parse: (r) => parseEnum(r, LOG_LEVELS) }),
+  option({ env: 'REINIT_GUARD_FORWARDED_HEADERS', key: 'forwardedHeaders', doc: 'append: add the client to X-Forwarded-For and set X-Forwarded-Proto/Host if absent; off: forward them as received', default: DEFAULT_FORWARDED_HEADERS, parse: (r) => parseEnum(r, FORWARDED_HEADER_MODES) }),
+] as OptionSpec[];

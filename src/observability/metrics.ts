@@ -1,0 +1,75 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** Outcomes of an inspected `/reinit` stream (label `outcome`). */
+export type ReinitOutcome =
+  | 'passed' // no seeded claim, or a genuine one: stream passed through
+  | 'suppressed' // spurious claim replaced by 409 (enforce)
+  | 'would_suppress' // spurious claim seen in observe mode, passed
+  | 'held' // claim build not created yet: event dropped, stream kept (as a fixed coderd waits)
+  | 'would_hold' // the same, in observe mode
+  | 'failed_open' // could not decide: passed unchanged
+  | 'upstream_status'; // coderd answered something else than a 200 event stream
+
+/** The guard's Prometheus metrics, on a registry of their own. */
+export interface Metrics {
+  registry: Registry;
+  reinitRequests: Counter<'outcome' | 'reason'>;
+  decisionSeconds: Histogram<'source'>;
+  dbErrors: Counter<'kind'>;
+  cache: Counter<'result'>;
+  upstreamErrors: Counter<'kind'>;
+  inflight: Gauge;
+  openStreams: Gauge<'kind'>;
+}
+
+/** Creates the metrics; `defaults` adds Node's process metrics (off in tests). */
+export function createMetrics(defaults = true): Metrics {
+  const registry = new Registry();
+  if (defaults) collectDefaultMetrics({ register: registry, prefix: 'coder_reinit_guard_' });
+  const registers = [registry];
+  return {
+    registry,
+    reinitRequests: new Counter({
+      name: 'coder_reinit_guard_reinit_requests_total',
+      help: 'Inspected /reinit?wait=true requests by outcome.',
+      labelNames: ['outcome', 'reason'],
+      registers,
+    }),
+    decisionSeconds: new Histogram({
+      name: 'coder_reinit_guard_decision_seconds',
+      help: 'Time to decide on a seeded prebuild_claimed event, by verdict source.',
+      labelNames: ['source'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    }),
+    dbErrors: new Counter({
+      name: 'coder_reinit_guard_db_errors_total',
+      help: 'Database lookups that failed, by kind (timeout, unavailable, privilege, error).',
+      labelNames: ['kind'],
+      registers,
+    }),
+    cache: new Counter({
+      name: 'coder_reinit_guard_verdict_cache_total',
+      help: 'Verdict cache lookups by result (hit, miss, shared).',
+      labelNames: ['result'],
+      registers,
+    }),
+    upstreamErrors: new Counter({
+      name: 'coder_reinit_guard_upstream_errors_total',
+      help: 'Failures talking to coderd, by kind.',
+      labelNames: ['kind'],
+      registers,
+    }),
+    inflight: new Gauge({
+      name: 'coder_reinit_guard_upstream_inflight_requests',
+      help: 'Proxied requests waiting for or streaming an upstream response.',
+      registers,
+    }),
+    openStreams: new Gauge({
+      name: 'coder_reinit_guard_open_streams',
+      help: 'Open long-lived streams by kind (tunnel, reinit).',
+      labelNames: ['kind'],
+      registers,
+    }),
+  };
+}

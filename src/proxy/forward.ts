@@ -1,0 +1,91 @@
+import { pipeline } from 'node:stream';
+import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
+import type { Logger } from '../observability/log.js';
+import type { Metrics } from '../observability/metrics.js';
+import { classifyUpstreamError, upstreamFailure, writeCoderError } from './errors.js';
+import { clientResponseHeaders, toFlat } from './headers.js';
+import { hasBody, openUpstream, type Upstream } from './upstream.js';
+
+/** What the pass-through needs besides the request. */
+export interface ForwardDeps {
+  upstream: Upstream;
+  log: Logger;
+  metrics: Metrics;
+}
+
+/** Handles coderd's response; the default relays it unchanged. */
+export type ResponseHandler = (upRes: IncomingMessage, res: ServerResponse, upReq: ClientRequest) => void;
+
+const ignore = () => {};
+
+/**
+ * Writes coderd's status line and headers (less hop-by-hop ones) to the client. The Date
+ * header is coderd's own, not one Node adds.
+ */
+export function writeUpstreamHead(upRes: IncomingMessage, res: ServerResponse): void {
+  res.sendDate = false;
+  res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, toFlat(clientResponseHeaders(upRes.rawHeaders)));
+}
+
+/**
+ * Streams the rest of coderd's response body to the client with backpressure. If either
+ * side fails, both are torn down: the client sees the connection end exactly as it would
+ * talking to coderd, and a departed client releases the upstream connection.
+ */
+export function streamBody(upRes: IncomingMessage, res: ServerResponse): void {
+  pipeline(upRes, res, ignore);
+}
+
+/** Relays a whole upstream response: head, then body, optionally after some peeked bytes. */
+export const relayResponse = (upRes: IncomingMessage, res: ServerResponse, prefix?: Buffer): void => {
+  writeUpstreamHead(upRes, res);
+  if (prefix?.length) res.write(prefix);
+  streamBody(upRes, res);
+};
+
+/**
+ * Proxies one request to coderd: streams the body up, hands the response to `onResponse`
+ * (relay by default), and maps a failure before any response to coderd's JSON error shape.
+ */
+export function forward(deps: ForwardDeps, req: IncomingMessage, res: ServerResponse, onResponse: ResponseHandler = (upRes, r) => relayResponse(upRes, r)): void {
+  const upReq = openUpstream(deps.upstream, req);
+  deps.metrics.inflight.inc();
+  let counted = true;
+  const release = () => {
+    if (counted) deps.metrics.inflight.dec();
+    counted = false;
+  };
+
+  res.once('close', () => {
+    release();
+    // The client left before the response finished: free the upstream connection now.
+    if (!res.writableFinished) upReq.destroy();
+  });
+  upReq.once('error', (err) => {
+    if (res.headersSent || res.destroyed) {
+      res.destroy();
+      return;
+    }
+    const kind = classifyUpstreamError(err);
+    deps.metrics.upstreamErrors.inc({ kind });
+    deps.log.warn('upstream request failed', { kind, code: (err as { code?: string }).code ?? null, method: req.method ?? '', path: pathOnly(req.url) });
+    const { status, body } = upstreamFailure(kind, err);
+    writeCoderError(res, status, body);
+  });
+  upReq.once('response', (upRes) => onResponse(upRes, res, upReq));
+
+  if (hasBody(req)) {
+    // pipe, not pipeline: an upstream failure must not destroy the client socket before
+    // the 502 is written. A client that leaves mid-body is handled by the close above.
+    req.pipe(upReq);
+  } else {
+    upReq.end();
+  }
+}
+
+/** The path of a request target without its query (queries may carry session tokens). */
+export function pathOnly(target: string | undefined): string {
+  const t = target ?? '';
+  const q = t.indexOf('?');
+  return q === -1 ? t : t.slice(0, q);
+}

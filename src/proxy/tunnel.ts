@@ -1,0 +1,98 @@
+import type { ClientRequest, IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Socket } from 'node:net';
+import { classifyUpstreamError, upstreamFailure } from './errors.js';
+import type { ForwardDeps } from './forward.js';
+import { clientResponseHeaders, toPairs, type HeaderPair } from './headers.js';
+import { openUpstream } from './upstream.js';
+
+/** Serializes a status line and headers as raw HTTP/1.1 bytes. */
+export function rawHead(status: number, message: string, headers: readonly HeaderPair[]): string {
+  let s = `HTTP/1.1 ${status} ${message}\r\n`;
+  for (const [k, v] of headers) s += `${k}: ${v}\r\n`;
+  return `${s}\r\n`;
+}
+
+/** Joins two sockets both ways; either side ending, failing or closing ends the other. */
+function splice(a: Duplex, b: Duplex, onClose: () => void): void {
+  let closed = false;
+  const close = () => {
+    if (closed) return;
+    closed = true;
+    a.destroy();
+    b.destroy();
+    onClose();
+  };
+  a.on('error', close).on('close', close);
+  b.on('error', close).on('close', close);
+  a.pipe(b);
+  b.pipe(a);
+}
+
+const noDelay = (s: Duplex) => {
+  (s as Socket).setNoDelay?.(true);
+  (s as Socket).setTimeout?.(0);
+};
+
+/**
+ * Handles upgrades of any kind (WebSocket, `Upgrade: DERP`, anything else) and CONNECT:
+ * forwards the request, and on coderd's 101 (or 2xx to CONNECT) writes coderd's head to
+ * the client verbatim, replays the bytes either side sent early, and splices the raw
+ * sockets. Any other answer is relayed and the connection closed, never left hanging.
+ */
+export function createTunnelHandler(deps: ForwardDeps) {
+  const { metrics, log } = deps;
+  return (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    const isConnect = req.method === 'CONNECT';
+    const upgrade = isConnect ? undefined : (req.headers.upgrade ?? '');
+    noDelay(socket);
+    const upReq: ClientRequest = openUpstream(deps.upstream, req, upgrade, isConnect ? req.url : undefined);
+    let answered = false;
+    socket.on('error', () => upReq.destroy());
+    socket.once('close', () => {
+      if (!answered) upReq.destroy();
+    });
+
+    const open = (upRes: IncomingMessage, upSocket: Duplex, upHead: Buffer) => {
+      answered = true;
+      noDelay(upSocket);
+      // The 101 head is end to end here (it carries Upgrade, Sec-WebSocket-Accept,
+      // Sec-WebSocket-Protocol/Extensions): pass it exactly as coderd sent it.
+      socket.write(rawHead(upRes.statusCode ?? 101, upRes.statusMessage ?? '', toPairs(upRes.rawHeaders)));
+      if (upHead.length) socket.write(upHead);
+      if (head.length) upSocket.write(head);
+      metrics.openStreams.inc({ kind: 'tunnel' });
+      splice(socket, upSocket, () => metrics.openStreams.dec({ kind: 'tunnel' }));
+    };
+    upReq.once(isConnect ? 'connect' : 'upgrade', open);
+
+    upReq.once('response', (upRes) => {
+      answered = true;
+      // Not upgraded: relay the answer, delimited by closing the connection.
+      const headers = clientResponseHeaders(upRes.rawHeaders);
+      headers.push(['Connection', 'close']);
+      socket.write(rawHead(upRes.statusCode ?? 502, upRes.statusMessage ?? '', headers));
+      upRes.pipe(socket);
+      upRes.once('error', () => socket.destroy());
+    });
+
+    upReq.once('error', (err) => {
+      if (answered) return socket.destroy();
+      answered = true;
+      const kind = classifyUpstreamError(err);
+      metrics.upstreamErrors.inc({ kind });
+      log.warn('upstream upgrade failed', { kind, code: (err as { code?: string }).code ?? null, upgrade: upgrade ?? 'CONNECT' });
+      const { status, body } = upstreamFailure(kind, err);
+      const json = JSON.stringify(body);
+      const reason = status === 504 ? 'Gateway Timeout' : 'Bad Gateway';
+      socket.end(
+        rawHead(status, reason, [
+          ['Content-Type', 'application/json'],
+          ['Content-Length', String(Buffer.byteLength(json))],
+          ['Connection', 'close'],
+        ]) + json,
+      );
+    });
+    upReq.end();
+  };
+}

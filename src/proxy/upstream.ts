@@ -1,0 +1,92 @@
+import http from 'node:http';
+import https from 'node:https';
+import type { IncomingMessage } from 'node:http';
+import { upstreamRequestHeaders, toFlat } from './headers.js';
+
+/** Where proxied requests go, with the keep-alive pool to get there. */
+export interface Upstream {
+  readonly url: URL;
+  /** "host:port" of coderd, used when a client sends no Host header. */
+  readonly hostPort: string;
+  readonly agent: http.Agent;
+  readonly request: typeof http.request;
+  readonly forwardedHeaders: boolean;
+}
+
+/** Options for reaching coderd. */
+export interface UpstreamOptions {
+  url: URL;
+  forwardedHeaders: boolean;
+  /** PEM bundle of extra CAs trusted for an https upstream. */
+  ca?: string | Buffer;
+}
+
+/**
+ * Creates the upstream target with one keep-alive pool: every proxied request reuses warm
+ * connections to coderd instead of paying a TCP (and TLS) handshake each time.
+ */
+export function createUpstream(opts: UpstreamOptions): Upstream {
+  const secure = opts.url.protocol === 'https:';
+  const port = opts.url.port || (secure ? '443' : '80');
+  const agentOptions = { keepAlive: true, maxSockets: Infinity, maxFreeSockets: 1024, scheduling: 'lifo' as const };
+  const agent = secure ? new https.Agent({ ...agentOptions, ...(opts.ca ? { ca: opts.ca } : {}) }) : new http.Agent(agentOptions);
+  return {
+    url: opts.url,
+    hostPort: `${opts.url.hostname}:${port}`,
+    agent,
+    request: secure ? https.request : http.request,
+    forwardedHeaders: opts.forwardedHeaders,
+  };
+}
+
+/**
+ * The request target to send upstream. A request in absolute form (`GET http://x/y`)
+ * still goes to coderd only: the guard is not an open proxy, so only path and query are
+ * kept; an origin-form target is forwarded byte for byte.
+ */
+export function upstreamPath(target: string): string {
+  if (target.startsWith('/')) return target;
+  try {
+    const u = new URL(target);
+    return `${u.pathname}${u.search}`;
+  } catch {
+    return '/';
+  }
+}
+
+/** Whether a request carries a body: only framing headers say so (RFC 9112 §6.3). */
+export const hasBody = (req: IncomingMessage): boolean =>
+  req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
+
+/**
+ * Starts the upstream request for an incoming one: same method, target and headers (less
+ * hop-by-hop ones), on the pooled connection. The caller streams the body and handles the
+ * response.
+ */
+export function openUpstream(upstream: Upstream, req: IncomingMessage, upgrade?: string, connectTarget?: string): http.ClientRequest {
+  const chunked = req.headers['transfer-encoding'] !== undefined;
+  const headers = upstreamRequestHeaders(req.rawHeaders, {
+    remoteAddress: req.socket.remoteAddress,
+    encrypted: Boolean((req.socket as { encrypted?: boolean }).encrypted),
+    upstreamHost: upstream.hostPort,
+    forwarded: upstream.forwardedHeaders,
+    upgrade,
+    chunked,
+  });
+  const upReq = upstream.request({
+    protocol: upstream.url.protocol,
+    hostname: upstream.url.hostname,
+    port: upstream.url.port || undefined,
+    method: req.method,
+    // CONNECT carries an authority-form target; it too goes only to coderd.
+    path: connectTarget ?? upstreamPath(req.url ?? '/'),
+    // A flat raw array keeps order, case and repeats; Node sends it as given.
+    headers: toFlat(headers) as unknown as http.OutgoingHttpHeaders,
+    // An upgraded or CONNECT socket leaves the pool for good: give it its own connection.
+    agent: upgrade === undefined && connectTarget === undefined ? upstream.agent : false,
+    setHost: false,
+  });
+  // No framing means no body: keep Node from adding "Content-Length: 0" to a bodiless POST.
+  if (!hasBody(req)) upReq.useChunkedEncodingByDefault = false;
+  return upReq;
+}
