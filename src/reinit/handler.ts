@@ -158,4 +158,5 @@ function holdStream(upRes: IncomingMessage, res: ServerResponse, rest: Buffer): 
   upRes.once('close', () => {
     if (!res.headersSent) res.destroy();
   });
+  upRes.resume(); // The peek paused it; a 'data' listener alone does not restart a paused stream.
 }

@@ -11,10 +11,10 @@ describe('readFirstEvent', () => {
     ['data', `event: data\ndata: ${claim}\n\n`, { end: 20 + claim.length, type: 'data', data: claim }],
     ['data then more', `event: data\ndata: x\n\nevent: ping\n\n`, { end: 21, type: 'data', data: 'x' }],
     ['CRLF', 'event: ping\r\n\r\n', { end: 15, type: 'ping', data: null }],
-    ['CR only', 'event: ping\r\r', { end: 13, type: 'ping', data: null }],
+    ['CR only (known once the next byte is not LF)', 'event: ping\r\revent', { end: 13, type: 'ping', data: null }],
     ['no space after colon', 'event:data\ndata:x\n\n', { end: 19, type: 'data', data: 'x' }],
     ['multi-line data', 'event: data\ndata: a\ndata: b\n\n', { end: 29, type: 'data', data: 'a\nb' }],
-    ['comment and id lines', ': hi\nid: 1\nevent: error\ndata: e\n\n', { end: 34, type: 'error', data: 'e' }],
+    ['comment and id lines', ': hi\nid: 1\nevent: error\ndata: e\n\n', { end: 33, type: 'error', data: 'e' }],
     ['leading blank lines', '\n\nevent: ping\n\n', { end: 15, type: 'ping', data: null }],
     ['no event field', 'data: x\n\n', { end: 9, type: 'message', data: 'x' }],
   ])('%s', (_n, input, expected) => {

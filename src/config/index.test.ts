@@ -1,0 +1,69 @@
+import { describe, expect, it } from 'vitest';
+import { loadConfig, OPTIONS } from './index.js';
+
+const base = { REINIT_GUARD_UPSTREAM: 'http://coder-upstream:8080', REINIT_GUARD_PG_URL: 'postgres://guard:pw@db:5432/coder' };
+
+describe('loadConfig', () => {
+  it('applies the documented defaults', () => {
+    const r = loadConfig(base);
+    expect(r.ok && r.config).toMatchObject({
+      listen: { host: '0.0.0.0', port: 8080 },
+      adminListen: { host: '0.0.0.0', port: 9090 },
+      mode: 'enforce',
+      dbTimeoutMs: 2000,
+      dbPoolSize: 4,
+      passCacheTtlMs: 2000,
+      forwardedHeaders: 'append',
+    });
+  });
+
+  it('falls back to CODER_PG_CONNECTION_URL', () => {
+    const r = loadConfig({ REINIT_GUARD_UPSTREAM: base.REINIT_GUARD_UPSTREAM, CODER_PG_CONNECTION_URL: 'postgres://c:pw@db/coder' });
+    expect(r.ok && r.config.pgUrl).toBe('postgres://c:pw@db/coder');
+  });
+
+  it('needs no database in mode off', () => {
+    const r = loadConfig({ REINIT_GUARD_UPSTREAM: base.REINIT_GUARD_UPSTREAM, REINIT_GUARD_MODE: 'off' });
+    expect(r.ok).toBe(true);
+  });
+
+  it.each([
+    [{ REINIT_GUARD_UPSTREAM: undefined }, 'REINIT_GUARD_UPSTREAM is not set: set it to the base URL of coderd, e.g. http://coder-upstream:8080'],
+    [{ REINIT_GUARD_UPSTREAM: 'ftp://x' }, 'REINIT_GUARD_UPSTREAM "ftp://x" is not valid: use the http:// or https:// base URL of coderd, e.g. http://coder-upstream:8080'],
+    [{ REINIT_GUARD_UPSTREAM: 'http://coder/api' }, 'REINIT_GUARD_UPSTREAM "http://coder/api" is not valid: use a base URL without path, credentials, query or fragment'],
+    [{ REINIT_GUARD_MODE: 'on' }, 'REINIT_GUARD_MODE "on" is not valid: use enforce, observe or off'],
+    [{ REINIT_GUARD_DB_TIMEOUT: '2' }, 'REINIT_GUARD_DB_TIMEOUT "2" is not valid: use a positive duration such as 500ms, 2s or 1m'],
+    [{ REINIT_GUARD_LISTEN: '8080' }, 'REINIT_GUARD_LISTEN "8080" is not valid: use host:port, for example 0.0.0.0:8080 or [::]:8080'],
+    [{ REINIT_GUARD_LISTEN: '0.0.0.0:70000' }, 'REINIT_GUARD_LISTEN "0.0.0.0:70000" is not valid: use host:port, for example 0.0.0.0:8080 or [::]:8080'],
+    [{ REINIT_GUARD_DB_POOL_SIZE: '0' }, 'REINIT_GUARD_DB_POOL_SIZE "0" is not valid: use a whole number from 1 to 64'],
+    [{ REINIT_GUARD_PASS_CACHE_TTL: '1m' }, 'REINIT_GUARD_PASS_CACHE_TTL "1m" is not valid: use at most 10s: the claim build stops being the latest as soon as the user builds again'],
+    [{ REINIT_GUARD_ADMIN_LISTEN: '0.0.0.0:8080' }, `REINIT_GUARD_ADMIN_LISTEN "0.0.0.0:8080" is not valid: use a port other than REINIT_GUARD_LISTEN's`],
+    [{ REINIT_GUARD_PG_URL: undefined }, "REINIT_GUARD_PG_URL is not set: set it (or CODER_PG_CONNECTION_URL) to coderd's PostgreSQL URL, or set REINIT_GUARD_MODE=off"],
+    [{ REINIT_GUARD_PG_URL: 'mysql://u:topsecret@db/x' }, 'REINIT_GUARD_PG_URL "mysql://u:***@db/x" is not valid: use a postgres:// or postgresql:// URL, e.g. postgres://user:pw@host:5432/coder?sslmode=disable'],
+  ])('reports %o', (override, message) => {
+    const r = loadConfig({ ...base, ...override });
+    expect(r.ok).toBe(false);
+    expect(!r.ok && r.problems).toEqual([message]);
+  });
+
+  it('reports every problem at once, and never a password', () => {
+    const r = loadConfig({
+      REINIT_GUARD_UPSTREAM: 'nope',
+      REINIT_GUARD_PG_URL: 'postgres://u:topsecret@db:notaport/x',
+      REINIT_GUARD_MODE: 'on',
+      REINIT_GUARD_DB_TIMEOUT: 'soon',
+    });
+    expect(r.ok).toBe(false);
+    const problems = r.ok ? [] : r.problems;
+    expect(problems.map((p) => p.split(' ')[0])).toEqual(['REINIT_GUARD_UPSTREAM', 'REINIT_GUARD_PG_URL', 'REINIT_GUARD_MODE', 'REINIT_GUARD_DB_TIMEOUT']);
+    expect(problems.join('\n')).not.toContain('topsecret');
+  });
+
+  it('every option has a name, a doc line and a parser that accepts its default', () => {
+    for (const o of OPTIONS) {
+      expect(o.env).toMatch(/^REINIT_GUARD_[A-Z_]+$/);
+      expect(o.doc.length).toBeGreaterThan(5);
+      if (o.default !== undefined) expect(o.parse(o.default).ok).toBe(true);
+    }
+  });
+});

@@ -1,0 +1,154 @@
+import net from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import postgres from 'postgres';
+import { createDbClient } from '../../src/db/client.js';
+import { PREBUILDS_USER_ID, STAGE } from '../../src/reinit/verdict.js';
+import { connectReinit } from '../../testkit/agent-client.js';
+import { startCoderdStandin, type Standin } from '../../testkit/coderd-standin.js';
+import { addAgent, addBuild, createUser, createWorkspace, seedScenario, type Seeded } from '../../testkit/fixtures.js';
+import { freshDatabase, startTestGuard, type TestGuard } from '../support/env.js';
+
+const PING_MS = 300;
+let db: { url: string; sql: postgres.Sql };
+let standin: Standin;
+let user: string;
+let longClaimed: Seeded;
+let justClaimed: Seeded;
+const guards: TestGuard[] = [];
+const servers: net.Server[] = [];
+
+const start = async (env: Record<string, string>) => {
+  const g = await startTestGuard({ REINIT_GUARD_UPSTREAM: standin.url, ...env });
+  guards.push(g);
+  return g;
+};
+
+/** A TCP server on loopback that counts connections and, if asked, never answers. */
+const tcpSink = async () => {
+  const sockets: net.Socket[] = [];
+  const server = net.createServer((s) => sockets.push(s));
+  servers.push(server);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { port: (server.address() as net.AddressInfo).port, sockets };
+};
+
+beforeAll(async () => {
+  db = await freshDatabase('modes');
+  user = await createUser(db.sql, 'bob');
+  longClaimed = await seedScenario(db.sql, 'long_claimed', user);
+  justClaimed = await seedScenario(db.sql, 'just_claimed', user);
+  standin = await startCoderdStandin({ pgUrl: db.url, pingIntervalMs: PING_MS });
+});
+
+afterAll(async () => {
+  for (const g of guards) await g.guard.close(100);
+  for (const s of servers) s.close();
+  await standin?.close();
+  await db?.sql.end();
+});
+
+describe('observe mode', () => {
+  it('alters nothing, but logs and counts what enforce would do', async () => {
+    const g = await start({ REINIT_GUARD_PG_URL: db.url, REINIT_GUARD_MODE: 'observe' });
+    const direct = await connectReinit(standin.url, longClaimed.token);
+    const viaGuard = await connectReinit(g.url, longClaimed.token);
+    expect(viaGuard.status).toBe(200);
+    expect(viaGuard.body.equals(direct.body)).toBe(true);
+    await expect.poll(() => g.metric('coder_reinit_guard_reinit_requests_total', { outcome: 'would_suppress' })).toBe(1);
+    const line = g.logs.entries().find((e) => e.workspace_id === longClaimed.workspaceId);
+    expect(line).toMatchObject({ outcome: 'would_suppress', mode: 'observe' });
+  });
+});
+
+describe('off mode', () => {
+  it('is a pure pass-through and never connects to the database', async () => {
+    const sink = await tcpSink();
+    const g = await start({ REINIT_GUARD_PG_URL: `postgres://u:secret@127.0.0.1:${sink.port}/coder`, REINIT_GUARD_MODE: 'off' });
+    const r = await connectReinit(g.url, longClaimed.token);
+    expect(r.status).toBe(200);
+    expect(r.body.toString()).toContain('"reason":"prebuild_claimed"');
+    const ready = await fetch(`${g.adminUrl}/readyz`).then((x) => x.json() as Promise<{ checks: Record<string, unknown> }>);
+    expect(Object.keys(ready.checks)).toEqual(['upstream']);
+    expect(sink.sockets).toHaveLength(0);
+  });
+});
+
+describe('database failures fail open within the deadline', () => {
+  it.each([
+    ['refused', async () => {
+      const s = await tcpSink();
+      await new Promise<void>((r) => servers.pop()!.close(() => r()));
+      return s.port; // nothing listens there any more
+    }],
+    ['black-holed', async () => (await tcpSink()).port],
+  ])('database %s: the seeded event passes, logged and counted', async (_kind, portOf) => {
+    const port = await portOf();
+    const g = await start({ REINIT_GUARD_PG_URL: `postgres://guard:hunter2@127.0.0.1:${port}/coder`, REINIT_GUARD_DB_TIMEOUT: '400ms', REINIT_GUARD_DB_CONNECT_TIMEOUT: '1s' });
+    const r = await connectReinit(g.url, longClaimed.token);
+    expect(r.status).toBe(200);
+    expect(r.body.toString()).toContain('"reason":"prebuild_claimed"');
+    expect(r.totalMs).toBeLessThan(400 + 600);
+    expect(await g.metric('coder_reinit_guard_reinit_requests_total', { outcome: 'failed_open' })).toBe(1);
+    const line = g.logs.entries().find((e) => e.outcome === 'failed_open');
+    expect(line).toMatchObject({ level: 'warn', workspace_id: longClaimed.workspaceId });
+    expect(g.logs.text()).not.toContain('hunter2');
+    expect(g.logs.text()).not.toContain(longClaimed.token);
+  });
+
+  it('odd data (legacy job input keys) fails open with the reason logged', async () => {
+    const g = await start({ REINIT_GUARD_PG_URL: db.url });
+    const ws = await createWorkspace(db.sql, user, 'legacy');
+    await addBuild(db.sql, ws, { initiator: PREBUILDS_USER_ID, input: { is_prebuild: true } });
+    const { jobId } = await addBuild(db.sql, ws, { initiator: user, input: { prebuild_claimed_by: user } });
+    const token = await addAgent(db.sql, jobId);
+    const r = await connectReinit(g.url, token);
+    expect(r.status).toBe(200);
+    expect(g.logs.entries().find((e) => e.workspace_id === ws)).toMatchObject({ outcome: 'failed_open', reason: 'legacy_input_keys' });
+  });
+
+  it('claim build not created yet: the seeded event is held back and the stream goes on', async () => {
+    const g = await start({ REINIT_GUARD_PG_URL: db.url });
+    // Owner already changed, but the latest build is still the prebuild's own.
+    const ws = await createWorkspace(db.sql, user, 'racing-claim');
+    const { jobId } = await addBuild(db.sql, ws, { initiator: PREBUILDS_USER_ID, stage: STAGE.CREATE });
+    const token = await addAgent(db.sql, jobId);
+    const r = await connectReinit(g.url, token, { until: (b) => b.includes('event: ping') });
+    expect(r.status).toBe(200);
+    expect(r.body.toString()).toBe('event: ping\n\n');
+    expect(r.headMs).toBeGreaterThanOrEqual(PING_MS * 0.8);
+  });
+});
+
+describe('database access', () => {
+  it("the README's least-privilege role is enough for every decision", async () => {
+    const role = `guard_${randomBytes(3).toString('hex')}`;
+    const password = randomBytes(9).toString('hex');
+    const script = (await readFile(new URL('../../sql/least-privilege-role.sql', import.meta.url), 'utf8'))
+      .replaceAll('coder_reinit_guard', role)
+      .replace("'change-me'", `'${password}'`);
+    await db.sql.unsafe(script);
+    const url = new URL(db.url);
+    url.username = role;
+    url.password = password;
+    const g = await start({ REINIT_GUARD_PG_URL: url.toString() });
+    expect((await connectReinit(g.url, longClaimed.token)).status).toBe(409);
+    expect((await connectReinit(g.url, justClaimed.token)).status).toBe(200);
+    expect(await g.metric('coder_reinit_guard_reinit_requests_total', { outcome: 'failed_open' })).toBe(0);
+    const ready = await fetch(`${g.adminUrl}/readyz`);
+    expect(ready.status).toBe(200);
+  });
+
+  it("the guard's session is read-only even for a role that could write", async () => {
+    const sql = createDbClient({ url: db.url, poolSize: 1, statementTimeoutMs: 2000, connectTimeoutMs: 2000 });
+    try {
+      await expect(sql`UPDATE workspaces SET name = name`).rejects.toMatchObject({ code: '25006' });
+      const [row] = await sql<{ application_name: string; timeout: string }[]>`
+        SELECT current_setting('application_name') AS application_name, current_setting('statement_timeout') AS timeout`;
+      expect(row).toEqual({ application_name: 'coder-reinit-guard', timeout: '2s' });
+    } finally {
+      await sql.end();
+    }
+  });
+});
