@@ -7,7 +7,7 @@ import { createQueries } from '../db/queries.js';
 import type { Logger } from '../observability/log.js';
 import { createMetrics, type Metrics } from '../observability/metrics.js';
 import { createTunnelHandler } from '../proxy/tunnel.js';
-import { createUpstream } from '../proxy/upstream.js';
+import { createUpstream, type Upstream } from '../proxy/upstream.js';
 import { createDecider } from '../reinit/decider.js';
 import { createAdminApp, type CheckResult } from './admin-app.js';
 import { createProxyApp } from './proxy-app.js';
@@ -96,7 +96,7 @@ export async function startGuard(config: Config, opts: StartOptions): Promise<Gu
   let draining = false;
   const queries = sql ? createQueries(sql) : null;
   const checks: Record<string, () => Promise<CheckResult>> = {
-    upstream: () => probeUpstream(config.upstream),
+    upstream: () => probeUpstream(upstream),
   };
   if (queries) checks.database = () => withTimeout(queries.ping(), config.dbTimeoutMs, 'database ping').then(() => ({ ok: true }));
   const admin = http.createServer(
@@ -128,13 +128,27 @@ export async function startGuard(config: Config, opts: StartOptions): Promise<Gu
   };
 }
 
-/** Readiness of coderd: any HTTP answer from buildinfo within 2 s counts as reachable. */
-async function probeUpstream(base: URL): Promise<CheckResult> {
-  try {
-    const res = await fetch(new URL('/api/v2/buildinfo', base), { signal: AbortSignal.timeout(2000) });
-    await res.body?.cancel();
-    return res.status < 500 ? { ok: true } : { ok: false, detail: `buildinfo answered ${res.status}` };
-  } catch (err) {
-    return { ok: false, detail: `unreachable: ${(err as Error).cause ? String((err as { cause: { code?: string } }).cause.code) : (err as Error).message}` };
-  }
+/**
+ * Readiness of coderd: any HTTP answer below 500 from /api/v2/buildinfo within 2 s, over
+ * the same pool (and TLS settings) as proxied traffic.
+ */
+function probeUpstream(upstream: Upstream): Promise<CheckResult> {
+  return new Promise((resolve) => {
+    const req = upstream.request({
+      protocol: upstream.url.protocol,
+      hostname: upstream.url.hostname,
+      port: upstream.url.port || undefined,
+      path: '/api/v2/buildinfo',
+      agent: upstream.agent,
+      timeout: 2000,
+    });
+    req.once('response', (res) => {
+      res.resume();
+      const status = res.statusCode ?? 0;
+      resolve(status < 500 ? { ok: true } : { ok: false, detail: `buildinfo answered ${status}` });
+    });
+    req.once('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
+    req.once('error', (err: NodeJS.ErrnoException) => resolve({ ok: false, detail: `unreachable: ${err.code ?? err.message}` }));
+    req.end();
+  });
 }

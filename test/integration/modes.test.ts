@@ -140,6 +140,21 @@ describe('database access', () => {
     expect(ready.status).toBe(200);
   });
 
+  it('a role missing a grant fails open, and the log names the missing privilege', async () => {
+    const role = `noguard_${randomBytes(3).toString('hex')}`;
+    const password = randomBytes(9).toString('hex');
+    await db.sql.unsafe(`CREATE ROLE ${role} LOGIN PASSWORD '${password}'; GRANT SELECT ON workspace_builds TO ${role}`);
+    const url = new URL(db.url);
+    url.username = role;
+    url.password = password;
+    const g = await start({ REINIT_GUARD_PG_URL: url.toString() });
+    expect((await connectReinit(g.url, longClaimed.token)).status).toBe(200);
+    const line = g.logs.entries().find((e) => e.outcome === 'failed_open');
+    expect(line).toMatchObject({ reason: 'db_privilege' });
+    expect(String(line?.detail)).toContain('permission denied for table provisioner_jobs');
+    expect(g.logs.text()).not.toContain(password);
+  });
+
   it("the guard's session is read-only even for a role that could write", async () => {
     const sql = createDbClient({ url: db.url, poolSize: 1, statementTimeoutMs: 2000, connectTimeoutMs: 2000 });
     try {
