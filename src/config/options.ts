@@ -6,6 +6,7 @@ import {
   parseInteger,
   parsePgUrl,
   parseUpstream,
+  readPemFile,
   type HostPort,
   type Parsed,
 } from './parsers.js';
@@ -37,6 +38,10 @@ export interface Config {
   passCacheTtlMs: number;
   logLevel: LogLevel;
   forwardedHeaders: ForwardedHeaderMode;
+  headerTimeoutMs: number;
+  upstreamConnectTimeoutMs: number;
+  /** PEM bundle trusted for an https upstream, read at startup. */
+  upstreamCa: string | undefined;
 }
 
 export const DEFAULT_LISTEN = '0.0.0.0:8080';
@@ -54,6 +59,8 @@ export const DEFAULT_PASS_CACHE_TTL = '2s';
 export const MAX_PASS_CACHE_TTL_MS = 10_000;
 export const DEFAULT_LOG_LEVEL: LogLevel = 'info';
 export const DEFAULT_FORWARDED_HEADERS: ForwardedHeaderMode = 'append';
+export const DEFAULT_HEADER_TIMEOUT = '30s';
+export const DEFAULT_UPSTREAM_CONNECT_TIMEOUT = '10s';
 
 /** One environment variable: its documentation, default and parser. */
 export interface OptionSpec<K extends keyof Config = keyof Config> {
@@ -97,4 +104,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   option({ env: 'REINIT_GUARD_PASS_CACHE_TTL', key: 'passCacheTtlMs', doc: 'how long a "claim build is the latest" verdict is cached (at most 10s)', default: DEFAULT_PASS_CACHE_TTL, parse: maxPassTtl }),
   option({ env: 'REINIT_GUARD_LOG_LEVEL', key: 'logLevel', doc: 'debug, info, warn or error', default: DEFAULT_LOG_LEVEL, parse: (r) => parseEnum(r, LOG_LEVELS) }),
   option({ env: 'REINIT_GUARD_FORWARDED_HEADERS', key: 'forwardedHeaders', doc: 'append: add the client to X-Forwarded-For and set X-Forwarded-Proto/Host if absent; off: forward them as received', default: DEFAULT_FORWARDED_HEADERS, parse: (r) => parseEnum(r, FORWARDED_HEADER_MODES) }),
+  option({ env: 'REINIT_GUARD_HEADER_TIMEOUT', key: 'headerTimeoutMs', doc: 'how long a client may take to send its request headers (slow-client protection); streams and bodies have no deadline', default: DEFAULT_HEADER_TIMEOUT, parse: parseDuration }),
+  option({ env: 'REINIT_GUARD_UPSTREAM_CONNECT_TIMEOUT', key: 'upstreamConnectTimeoutMs', doc: 'deadline for opening a connection to coderd; past it the client gets 504', default: DEFAULT_UPSTREAM_CONNECT_TIMEOUT, parse: parseDuration }),
+  option({ env: 'REINIT_GUARD_UPSTREAM_CA_FILE', key: 'upstreamCa', doc: 'PEM file of CA certificates to trust for an https upstream, in addition to the system ones', parse: readPemFile }),
 ] as OptionSpec[];

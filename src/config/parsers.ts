@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+
 /**
  * Small value parsers for configuration. Each returns either `{ ok: true, value }` or
  * `{ ok: false, rule }`, where `rule` completes the sentence "... is not valid: <rule>".
@@ -37,6 +39,17 @@ export function parseHostPort(raw: string): Parsed<HostPort> {
   if (port > 65535) return bad(rule);
   const host = m[1] ?? (m[2] === '' ? '0.0.0.0' : (m[2] as string));
   return ok({ host, port });
+}
+
+/** Reads a PEM bundle from a file path; the file must exist and hold a certificate. */
+export function readPemFile(raw: string): Parsed<string> {
+  let text: string;
+  try {
+    text = readFileSync(raw.trim(), 'utf8');
+  } catch (err) {
+    return bad(`use a readable PEM file (${(err as NodeJS.ErrnoException).code ?? 'unreadable'})`);
+  }
+  return text.includes('-----BEGIN CERTIFICATE-----') ? ok(text) : bad('use a PEM file holding at least one CERTIFICATE block');
 }
 
 /** Parses a whole number within [min, max]. */

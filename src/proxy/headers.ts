@@ -22,6 +22,11 @@ export interface RequestContext {
   upgrade: string | undefined;
   /** The client sent a chunked body: the guard re-chunks it on its own connection. */
   chunked: boolean;
+  /**
+   * No body, with a method Node's client frames as chunked by default (POST, PUT, PATCH,
+   * WebDAV verbs...): the guard says "Content-Length: 0" instead.
+   */
+  emptyBodyNeedsLength: boolean;
 }
 
 export type RequestPass = (headers: HeaderPair[], ctx: RequestContext) => HeaderPair[];
@@ -90,10 +95,15 @@ export const restateUpgrade: RequestPass = (headers, ctx) =>
   ctx.upgrade === undefined ? headers : [...headers, ['Connection', 'Upgrade'], ['Upgrade', ctx.upgrade]];
 
 /**
- * Transfer-Encoding is hop-by-hop, but a chunked body still needs framing on the guard's
- * own connection: restate it so Node re-chunks the streamed body (whatever the method).
+ * Body framing on the guard's own connection. Transfer-Encoding is hop-by-hop, but a chunked
+ * body still needs it: restate it so Node re-chunks the streamed body whatever the method.
+ * A bodiless POST/PUT/PATCH without framing would otherwise go out chunked (Node's default
+ * for those methods): "Content-Length: 0" says the same thing (RFC 9112 §6.3) more plainly.
  */
-export const restateChunked: RequestPass = (headers, ctx) => (ctx.chunked ? [...headers, ['Transfer-Encoding', 'chunked']] : headers);
+export const restateFraming: RequestPass = (headers, ctx) =>
+  ctx.chunked ? [...headers, ['Transfer-Encoding', 'chunked']]
+  : ctx.emptyBodyNeedsLength ? [...headers, ['Content-Length', '0']]
+  : headers;
 
 /** The request passes, in order. */
 export const requestPasses: readonly RequestPass[] = [
@@ -102,7 +112,7 @@ export const requestPasses: readonly RequestPass[] = [
   ensureHost,
   appendForwarded,
   restateUpgrade,
-  restateChunked,
+  restateFraming,
 ];
 
 /** The response passes, in order. */

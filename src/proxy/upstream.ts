@@ -1,5 +1,7 @@
 import http from 'node:http';
 import https from 'node:https';
+import tls from 'node:tls';
+import type { Socket } from 'node:net';
 import type { IncomingMessage } from 'node:http';
 import { upstreamRequestHeaders, toFlat } from './headers.js';
 
@@ -11,14 +13,17 @@ export interface Upstream {
   readonly agent: http.Agent;
   readonly request: typeof http.request;
   readonly forwardedHeaders: boolean;
+  readonly connectTimeoutMs: number;
 }
 
 /** Options for reaching coderd. */
 export interface UpstreamOptions {
   url: URL;
   forwardedHeaders: boolean;
-  /** PEM bundle of extra CAs trusted for an https upstream. */
-  ca?: string | Buffer;
+  /** Deadline for opening a connection (TCP, and TLS for https). */
+  connectTimeoutMs?: number;
+  /** PEM bundle of extra CAs trusted for an https upstream (added to the system ones). */
+  ca?: string;
 }
 
 /**
@@ -29,13 +34,16 @@ export function createUpstream(opts: UpstreamOptions): Upstream {
   const secure = opts.url.protocol === 'https:';
   const port = opts.url.port || (secure ? '443' : '80');
   const agentOptions = { keepAlive: true, maxSockets: Infinity, maxFreeSockets: 1024, scheduling: 'lifo' as const };
-  const agent = secure ? new https.Agent({ ...agentOptions, ...(opts.ca ? { ca: opts.ca } : {}) }) : new http.Agent(agentOptions);
+  // A custom bundle adds to Node's default roots instead of replacing them.
+  const ca = opts.ca ? [...tls.rootCertificates, opts.ca] : undefined;
+  const agent = secure ? new https.Agent({ ...agentOptions, ...(ca ? { ca } : {}) }) : new http.Agent(agentOptions);
   return {
     url: opts.url,
     hostPort: `${opts.url.hostname}:${port}`,
     agent,
     request: secure ? https.request : http.request,
     forwardedHeaders: opts.forwardedHeaders,
+    connectTimeoutMs: opts.connectTimeoutMs ?? 10_000,
   };
 }
 
@@ -53,6 +61,9 @@ export function upstreamPath(target: string): string {
     return '/';
   }
 }
+
+/** Methods Node's client sends without body framing when none is given. */
+const BODYLESS_BY_DEFAULT = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT']);
 
 /** Whether a request carries a body: only framing headers say so (RFC 9112 §6.3). */
 export const hasBody = (req: IncomingMessage): boolean =>
@@ -72,6 +83,7 @@ export function openUpstream(upstream: Upstream, req: IncomingMessage, upgrade?:
     forwarded: upstream.forwardedHeaders,
     upgrade,
     chunked,
+    emptyBodyNeedsLength: !hasBody(req) && !BODYLESS_BY_DEFAULT.has(req.method ?? 'GET'),
   });
   const upReq = upstream.request({
     protocol: upstream.url.protocol,
@@ -86,7 +98,21 @@ export function openUpstream(upstream: Upstream, req: IncomingMessage, upgrade?:
     agent: upgrade === undefined && connectTarget === undefined ? upstream.agent : false,
     setHost: false,
   });
-  // No framing means no body: keep Node from adding "Content-Length: 0" to a bodiless POST.
-  if (!hasBody(req)) upReq.useChunkedEncodingByDefault = false;
+  upReq.once('socket', (socket) => boundConnect(upReq, socket, upstream.connectTimeoutMs));
   return upReq;
+}
+
+/**
+ * Fails a request whose new connection is not established in time. Only connecting is
+ * bounded: a response may legitimately take hours (long polls, streams).
+ */
+function boundConnect(upReq: http.ClientRequest, socket: Socket, ms: number): void {
+  if (!socket.connecting) return; // A warm keep-alive socket.
+  const connected = 'encrypted' in socket ? 'secureConnect' : 'connect';
+  const timer = setTimeout(() => {
+    upReq.destroy(Object.assign(new Error(`no connection to coderd within ${ms}ms`), { code: 'UPSTREAM_CONNECT_TIMEOUT' }));
+  }, ms);
+  const clear = () => clearTimeout(timer);
+  socket.once(connected, clear);
+  socket.once('close', clear);
 }

@@ -10,7 +10,7 @@ import { createTunnelHandler } from '../proxy/tunnel.js';
 import { createUpstream, type Upstream } from '../proxy/upstream.js';
 import { createDecider } from '../reinit/decider.js';
 import { createAdminApp, type CheckResult } from './admin-app.js';
-import { createProxyApp } from './proxy-app.js';
+import { createProxyListener } from './proxy-app.js';
 
 /** A running guard. */
 export interface Guard {
@@ -47,7 +47,12 @@ const withTimeout = <T>(p: Promise<T>, ms: number, what: string) =>
 export async function startGuard(config: Config, opts: StartOptions): Promise<Guard> {
   const { log } = opts;
   const metrics = opts.metrics ?? createMetrics();
-  const upstream = createUpstream({ url: config.upstream, forwardedHeaders: config.forwardedHeaders === 'append' });
+  const upstream = createUpstream({
+    url: config.upstream,
+    forwardedHeaders: config.forwardedHeaders === 'append',
+    connectTimeoutMs: config.upstreamConnectTimeoutMs,
+    ca: config.upstreamCa,
+  });
 
   let sql: Sql | null = null;
   let reinit;
@@ -70,18 +75,20 @@ export async function startGuard(config: Config, opts: StartOptions): Promise<Gu
   }
 
   const deps = { upstream, log, metrics };
-  const app = createProxyApp({ ...deps, reinit });
   const proxy = http.createServer(
     {
       // Streams and uploads may last hours: no whole-request deadline. Slow-loris clients
       // that never finish their headers are still cut by headersTimeout.
       requestTimeout: 0,
-      headersTimeout: 30_000,
+      headersTimeout: config.headerTimeoutMs,
+      // Node checks those deadlines on this interval (30 s by default): check often enough
+      // that the header deadline means what it says.
+      connectionsCheckingInterval: Math.min(1000, config.headerTimeoutMs),
       // Outlive the usual 60 s idle timeout of cloud load balancers in front of us.
       keepAliveTimeout: 65_000,
       maxHeaderSize: 64 * 1024,
     },
-    getRequestListener(app.fetch, { autoCleanupIncoming: false, overrideGlobalObjects: false }),
+    createProxyListener({ ...deps, reinit }),
   );
   const tunnel = createTunnelHandler(deps);
   proxy.on('upgrade', tunnel);

@@ -1,9 +1,10 @@
+import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import { Hono } from 'hono';
-import type { HttpBindings } from '@hono/node-server';
+import { getRequestListener, type HttpBindings } from '@hono/node-server';
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
-import { forward, type ForwardDeps } from '../proxy/forward.js';
+import { forward, pathOnly, type ForwardDeps } from '../proxy/forward.js';
 import { createReinitHandler, type ReinitDeps } from '../reinit/handler.js';
-import { isReinitWait } from '../reinit/wait.js';
+import { isReinitWait, REINIT_PATH } from '../reinit/wait.js';
 
 /** Dependencies of the proxied-traffic app; `reinit` is absent in mode off. */
 export interface ProxyAppDeps extends ForwardDeps {
@@ -11,18 +12,46 @@ export interface ProxyAppDeps extends ForwardDeps {
 }
 
 /**
- * The application for proxied traffic. Hono frames it; the handlers work on Node's own
- * request and response streams (bindings `incoming`/`outgoing`) so bodies stream with
- * backpressure and bytes pass untouched, and tell Hono the response is already sent.
+ * The Hono application for proxied traffic: the `/reinit` route the guard inspects, and a
+ * catch-all that forwards. Handlers work on Node's own streams (bindings `incoming` /
+ * `outgoing`) so bytes pass untouched, and tell Hono the response is already sent.
  */
 export function createProxyApp(deps: ProxyAppDeps) {
   const app = new Hono<{ Bindings: HttpBindings }>();
   const reinit = deps.reinit ? createReinitHandler({ ...deps, ...deps.reinit }) : null;
+  if (reinit) {
+    app.get(REINIT_PATH, (c) => {
+      const { incoming, outgoing } = c.env;
+      if (isReinitWait(incoming.method, incoming.url ?? '')) reinit(incoming, outgoing);
+      else forward(deps, incoming, outgoing);
+      return RESPONSE_ALREADY_SENT;
+    });
+  }
   app.all('*', (c) => {
-    const { incoming, outgoing } = c.env;
-    if (reinit && isReinitWait(incoming.method, incoming.url ?? '')) reinit(incoming, outgoing);
-    else forward(deps, incoming, outgoing);
+    forward(deps, c.env.incoming, c.env.outgoing);
     return RESPONSE_ALREADY_SENT;
   });
   return app;
+}
+
+/**
+ * The request listener of the proxy port. Requests for the `/reinit` path go through the
+ * Hono app; everything else goes straight to the streaming forwarder. Two reasons, both
+ * about being invisible: building a Fetch `Request` validates Host and the request target
+ * (a missing Host on HTTP/1.0, a backslash in a path) and answers 400 where coderd would
+ * answer, and it costs time on every request of the fleet (see bench/).
+ */
+export function createProxyListener(deps: ProxyAppDeps): RequestListener {
+  const app = createProxyApp(deps);
+  const viaApp = getRequestListener(app.fetch, {
+    autoCleanupIncoming: false,
+    overrideGlobalObjects: false,
+    // HTTP/1.0 agents may omit Host; name coderd rather than refuse them.
+    hostname: deps.upstream.hostPort,
+  });
+  const routed = deps.reinit !== undefined;
+  return (req: IncomingMessage, res: ServerResponse) => {
+    if (routed && req.method === 'GET' && pathOnly(req.url) === REINIT_PATH) void viaApp(req, res);
+    else forward(deps, req, res);
+  };
 }
