@@ -23,6 +23,8 @@ export interface EchoUpstream {
   aborted: number;
   /** Requests currently open. */
   open: number;
+  /** Raw upgraded (DERP) and CONNECT sockets currently open on the upstream side. */
+  tunnels: number;
   gzipBody: Buffer;
   close(): Promise<void>;
 }
@@ -36,7 +38,11 @@ export const GZIP_JSON = gzipSync(Buffer.from(JSON.stringify({ hello: 'world', p
  * echo), `/reject` (403 instead of 101). CONNECT: 200 then raw echo.
  */
 export async function startEchoUpstream(): Promise<EchoUpstream> {
-  const state = { aborted: 0, open: 0 };
+  const state = { aborted: 0, open: 0, tunnels: 0 };
+  const track = (socket: net.Socket | import('node:stream').Duplex) => {
+    state.tunnels++;
+    socket.once('close', () => state.tunnels--);
+  };
   const wss = new WebSocketServer({ noServer: true, handleProtocols: (protocols) => (protocols.has('coder-test.v2') ? 'coder-test.v2' : false) });
   wss.on('connection', (ws) => {
     ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
@@ -116,9 +122,11 @@ export async function startEchoUpstream(): Promise<EchoUpstream> {
       return;
     }
     if ((req.headers.upgrade ?? '').toLowerCase() === 'derp') {
+      track(socket);
       socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: DERP\r\nConnection: Upgrade\r\nDerp-Version: 2\r\n\r\n');
       // The server speaks first, as DERP does, then echoes whatever arrives (head included).
       socket.write('DERP-SERVER-HELLO');
+      if (url.pathname === '/derp-bye') return void setTimeout(() => socket.destroy(), 30);
       if (head.length) socket.write(head);
       socket.pipe(socket);
       return;
@@ -127,6 +135,7 @@ export async function startEchoUpstream(): Promise<EchoUpstream> {
   });
 
   server.on('connect', (req, socket: net.Socket, head) => {
+    track(socket);
     socket.write(`HTTP/1.1 200 Connection Established\r\nX-Target: ${req.url}\r\n\r\n`);
     if (head.length) socket.write(head);
     socket.pipe(socket);
@@ -142,6 +151,9 @@ export async function startEchoUpstream(): Promise<EchoUpstream> {
     },
     get open() {
       return state.open;
+    },
+    get tunnels() {
+      return state.tunnels;
     },
     gzipBody: GZIP_JSON,
     async close() {

@@ -14,6 +14,8 @@ export interface Upstream {
   readonly request: typeof http.request;
   readonly forwardedHeaders: boolean;
   readonly connectTimeoutMs: number;
+  /** TLS options for connections made outside the pool (upgrades, CONNECT). */
+  readonly tlsOptions: { ca?: string[] };
 }
 
 /** Options for reaching coderd. */
@@ -44,6 +46,7 @@ export function createUpstream(opts: UpstreamOptions): Upstream {
     request: secure ? https.request : http.request,
     forwardedHeaders: opts.forwardedHeaders,
     connectTimeoutMs: opts.connectTimeoutMs ?? 10_000,
+    tlsOptions: ca ? { ca } : {},
   };
 }
 
@@ -94,8 +97,9 @@ export function openUpstream(upstream: Upstream, req: IncomingMessage, upgrade?:
     path: connectTarget ?? upstreamPath(req.url ?? '/'),
     // A flat raw array keeps order, case and repeats; Node sends it as given.
     headers: toFlat(headers) as unknown as http.OutgoingHttpHeaders,
-    // An upgraded or CONNECT socket leaves the pool for good: give it its own connection.
-    agent: upgrade === undefined && connectTarget === undefined ? upstream.agent : false,
+    // An upgraded or CONNECT socket leaves the pool for good: give it its own connection
+    // (with the same trust settings as the pool).
+    ...(upgrade === undefined && connectTarget === undefined ? { agent: upstream.agent } : { agent: false, ...upstream.tlsOptions }),
     setHost: false,
   });
   upReq.once('socket', (socket) => boundConnect(upReq, socket, upstream.connectTimeoutMs));

@@ -212,6 +212,32 @@ describe('upgrades and CONNECT', () => {
     await closed;
   });
 
+  it('either side of a tunnel closing closes the other', async () => {
+    const open = async () => {
+      const socket = net.connect(port, '127.0.0.1');
+      socket.on('error', () => {});
+      let got = '';
+      socket.on('data', (c) => (got += c.toString('latin1')));
+      socket.write('GET /derp HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: DERP\r\n\r\n');
+      await waitFor(() => got.includes('DERP-SERVER-HELLO'), 3000, 'the tunnel to open');
+      return socket;
+    };
+    const base = upstream.tunnels;
+    const a = await open();
+    expect(upstream.tunnels).toBe(base + 1);
+    a.destroy(); // client vanishes
+    await waitFor(() => upstream.tunnels === base, 3000, 'coderd side to close');
+    await waitFor(async () => (await guard.metric('coder_reinit_guard_open_streams', { kind: 'tunnel' })) === 0, 3000, 'the gauge to drop');
+
+    // coderd vanishes: the client's connection ends too.
+    const b = net.connect(port, '127.0.0.1');
+    b.on('error', () => {});
+    b.resume();
+    const closed = new Promise((r) => b.once('close', r));
+    b.write('GET /derp-bye HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: DERP\r\n\r\n');
+    await closed;
+  });
+
   it('a non-101 answer to an upgrade is relayed, not hung', async () => {
     const raw = await rawExchange(port, 'GET /reject HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
     const r = parseResponse(raw);

@@ -1,0 +1,51 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { freePort } from '../../testkit/pg.js';
+import { waitFor } from './env.js';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+
+/** The guard as its own process (its memory and handles measured apart from the test's). */
+export interface GuardProcess {
+  child: ChildProcess;
+  url: string;
+  adminUrl: string;
+  out: { stdout: string; stderr: string };
+  exited: Promise<number | null>;
+  /** Resident set size now and at its peak, in bytes (from /proc). */
+  memory(): { rss: number; peak: number };
+  stop(): Promise<number | null>;
+}
+
+/** Runs the real entry point (`src/main.ts` via tsx) with the given environment. */
+export async function startGuardProcess(env: Record<string, string>): Promise<GuardProcess> {
+  const [port, admin] = [await freePort(), await freePort()];
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    cwd: root,
+    env: { PATH: process.env.PATH ?? '', REINIT_GUARD_LISTEN: `127.0.0.1:${port}`, REINIT_GUARD_ADMIN_LISTEN: `127.0.0.1:${admin}`, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const out = { stdout: '', stderr: '' };
+  child.stdout!.on('data', (c: Buffer) => (out.stdout += c.toString()));
+  child.stderr!.on('data', (c: Buffer) => (out.stderr += c.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  await waitFor(() => out.stdout.includes('coder-reinit-guard started') || child.exitCode !== null, 20_000, 'the guard process to start');
+  if (child.exitCode !== null) throw new Error(`guard exited ${child.exitCode}: ${out.stderr}`);
+  const kib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? 0) * 1024;
+  return {
+    child,
+    url: `http://127.0.0.1:${port}`,
+    adminUrl: `http://127.0.0.1:${admin}`,
+    out,
+    exited,
+    memory: () => ({ rss: kib('VmRSS'), peak: kib('VmHWM') }),
+    async stop() {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+  };
+}
