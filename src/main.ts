@@ -1,31 +1,21 @@
-import { describeConfig, loadConfig } from './config/index.js';
-import { createLogger } from './observability/log.js';
+#!/usr/bin/env node
+import cluster from 'node:cluster';
+import { describeConfig, loadConfig, type Config } from './config/index.js';
+import { createLogger, type Logger } from './observability/log.js';
+import { runPrimary, runWorker } from './server/cluster.js';
 import { startGuard } from './server/index.js';
 
 /** Exit status for a configuration the guard refuses to start with. */
 const EXIT_CONFIG = 2;
 
-async function main(): Promise<void> {
-  const result = loadConfig(process.env);
-  if (!result.ok) {
-    process.stderr.write(`coder-reinit-guard: invalid configuration (${result.problems.length} problem${result.problems.length > 1 ? 's' : ''}):\n${result.problems.map((p) => `  - ${p}`).join('\n')}\n`);
-    process.exit(EXIT_CONFIG);
-  }
-  const { config } = result;
-  const log = createLogger(config.logLevel);
-  const guard = await startGuard(config, { log });
-  log.info('coder-reinit-guard started', {
-    ...(describeConfig(config) as Record<string, string | number | null>),
-    proxy_port: guard.proxyAddress.port,
-    admin_port: guard.adminAddress.port,
-  });
-
+/** Runs `stop` once on SIGTERM/SIGINT, then exits 0 (1 if stopping failed). */
+function onSignals(log: Logger, stop: () => Promise<void>): void {
   let stopping = false;
-  const stop = (signal: string) => {
+  const handle = (signal: string) => {
     if (stopping) return;
     stopping = true;
     log.info('shutting down', { signal });
-    guard.close().then(
+    stop().then(
       () => process.exit(0),
       (err: unknown) => {
         log.error('shutdown failed', { error: String(err) });
@@ -33,8 +23,33 @@ async function main(): Promise<void> {
       },
     );
   };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => handle('SIGTERM'));
+  process.on('SIGINT', () => handle('SIGINT'));
+}
+
+async function main(): Promise<void> {
+  const result = loadConfig(process.env);
+  if (!result.ok) {
+    const n = result.problems.length;
+    process.stderr.write(`coder-reinit-guard: invalid configuration (${n} problem${n > 1 ? 's' : ''}):\n${result.problems.map((p) => `  - ${p}`).join('\n')}\n`);
+    process.exit(EXIT_CONFIG);
+  }
+  const config: Config = result.config;
+  const log = createLogger(config.logLevel);
+
+  if (config.workers > 1 && cluster.isWorker) return runWorker(config, log);
+
+  const started = (fields: Record<string, number>) =>
+    log.info('coder-reinit-guard started', { ...(describeConfig(config) as Record<string, string | number | null>), ...fields });
+  if (config.workers > 1) {
+    const primary = await runPrimary(config, log, config.shutdownGraceMs);
+    started({ workers: config.workers });
+    onSignals(log, () => primary.stop());
+  } else {
+    const guard = await startGuard(config, { log });
+    started({ proxy_port: guard.proxyAddress.port, admin_port: guard.adminAddress.port });
+    onSignals(log, () => guard.close(config.shutdownGraceMs));
+  }
 }
 
 main().catch((err: unknown) => {

@@ -17,6 +17,8 @@ export interface StandinOptions {
   version?: string;
   host?: string;
   port?: number;
+  /** Database connections the stand-in may use (coderd has many; storms need more than 4). */
+  poolSize?: number;
 }
 
 export interface Standin {
@@ -53,7 +55,7 @@ function sessionToken(req: http.IncomingMessage, url: URL): string | null {
 
 /** Starts the stand-in on loopback. */
 export async function startCoderdStandin(opts: StandinOptions): Promise<Standin> {
-  const sql = postgres(opts.pgUrl, { max: 4, onnotice: () => {} });
+  const sql = postgres(opts.pgUrl, { max: opts.poolSize ?? 4, onnotice: () => {} });
   const pingMs = opts.pingIntervalMs ?? 15_000;
   const version = opts.version ?? 'v2.34.5+abc1234';
   const state = { reinitRequests: 0 };

@@ -141,3 +141,31 @@ export async function seedScenario(sql: Sql, scenario: Scenario, userId: string,
   const token = await addAgent(sql, agentJob);
   return { scenario, workspaceId: ws, ownerId: owner, token, latestJobId: last.jobId };
 }
+
+/**
+ * Seeds `n` long-claimed workspaces (prebuild, claim, stop, start) in a few set-based
+ * statements, for storms; returns their agent tokens and workspace ids.
+ */
+export async function seedLongClaimedBulk(sql: Sql, userId: string, n: number, prefix = 'storm'): Promise<Array<{ token: string; workspaceId: string }>> {
+  const P = PREBUILDS_USER_ID;
+  return sql.begin(async (tx) => {
+    await tx`CREATE TEMP TABLE seed ON COMMIT DROP AS
+      SELECT g AS i, gen_random_uuid() AS ws, gen_random_uuid() AS token, gen_random_uuid() AS res,
+             ARRAY[gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), gen_random_uuid()] AS jobs
+      FROM generate_series(1, ${n}) g`;
+    await tx`INSERT INTO workspaces (id, created_at, updated_at, owner_id, organization_id, template_id, name)
+      SELECT ws, now(), now(), ${userId}, ${ORG}, ${TEMPLATE}, ${prefix} || '-' || i FROM seed`;
+    await tx`INSERT INTO provisioner_jobs (id, created_at, updated_at, started_at, completed_at, organization_id, initiator_id, provisioner, storage_method, type, input, file_id)
+      SELECT jobs[b], now(), now(), now(), now(), ${ORG}, CASE WHEN b = 1 THEN ${P}::uuid ELSE ${userId}::uuid END, 'terraform', 'file', 'workspace_build',
+             CASE b WHEN 1 THEN '{"prebuilt_workspace_stage":1}'::jsonb WHEN 2 THEN '{"prebuilt_workspace_stage":2}'::jsonb ELSE '{}'::jsonb END, ${FILE}
+      FROM seed, generate_series(1, 4) b`;
+    await tx`INSERT INTO workspace_builds (id, created_at, updated_at, workspace_id, template_version_id, build_number, transition, initiator_id, job_id)
+      SELECT gen_random_uuid(), now(), now(), ws, ${TEMPLATE_VERSION}, b, (CASE WHEN b = 3 THEN 'stop' ELSE 'start' END)::workspace_transition,
+             CASE WHEN b = 1 THEN ${P}::uuid ELSE ${userId}::uuid END, jobs[b]
+      FROM seed, generate_series(1, 4) b`;
+    await tx`INSERT INTO workspace_resources (id, created_at, job_id, transition, type, name) SELECT res, now(), jobs[4], 'start', 'docker_container', 'main' FROM seed`;
+    await tx`INSERT INTO workspace_agents (id, created_at, updated_at, name, resource_id, auth_token, architecture, operating_system)
+      SELECT gen_random_uuid(), now(), now(), 'main', res, token, 'amd64', 'linux' FROM seed`;
+    return tx<Array<{ token: string; workspaceId: string }>>`SELECT token::text AS token, ws::text AS "workspaceId" FROM seed ORDER BY i`;
+  }) as Promise<Array<{ token: string; workspaceId: string }>>;
+}

@@ -1,3 +1,4 @@
+import os from 'node:os';
 import {
   parseBytes,
   parseDuration,
@@ -42,6 +43,10 @@ export interface Config {
   upstreamConnectTimeoutMs: number;
   /** PEM bundle trusted for an https upstream, read at startup. */
   upstreamCa: string | undefined;
+  /** Proxy worker processes; 1 runs everything in one process. */
+  workers: number;
+  /** How long in-flight requests may take to finish on SIGTERM. */
+  shutdownGraceMs: number;
 }
 
 export const DEFAULT_LISTEN = '0.0.0.0:8080';
@@ -61,6 +66,12 @@ export const DEFAULT_LOG_LEVEL: LogLevel = 'info';
 export const DEFAULT_FORWARDED_HEADERS: ForwardedHeaderMode = 'append';
 export const DEFAULT_HEADER_TIMEOUT = '30s';
 export const DEFAULT_UPSTREAM_CONNECT_TIMEOUT = '10s';
+export const DEFAULT_WORKERS = '1';
+export const DEFAULT_SHUTDOWN_GRACE = '10s';
+
+/** "auto" (one per CPU) or a whole number of workers. */
+const parseWorkers = (raw: string): Parsed<number> =>
+  raw.trim() === 'auto' ? { ok: true, value: Math.max(1, os.availableParallelism()) } : parseInteger(raw, 1, 64).ok ? parseInteger(raw, 1, 64) : { ok: false, rule: 'use auto or a whole number from 1 to 64' };
 
 /** One environment variable: its documentation, default and parser. */
 export interface OptionSpec<K extends keyof Config = keyof Config> {
@@ -107,4 +118,6 @@ export const OPTIONS: readonly OptionSpec[] = [
   option({ env: 'REINIT_GUARD_HEADER_TIMEOUT', key: 'headerTimeoutMs', doc: 'how long a client may take to send its request headers (slow-client protection); streams and bodies have no deadline', default: DEFAULT_HEADER_TIMEOUT, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_UPSTREAM_CONNECT_TIMEOUT', key: 'upstreamConnectTimeoutMs', doc: 'deadline for opening a connection to coderd; past it the client gets 504', default: DEFAULT_UPSTREAM_CONNECT_TIMEOUT, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_UPSTREAM_CA_FILE', key: 'upstreamCa', doc: 'PEM file of CA certificates to trust for an https upstream, in addition to the system ones', parse: readPemFile }),
+  option({ env: 'REINIT_GUARD_WORKERS', key: 'workers', doc: 'proxy worker processes (auto: one per CPU); verdicts, the database pool and the admin port stay in one primary', default: DEFAULT_WORKERS, parse: parseWorkers }),
+  option({ env: 'REINIT_GUARD_SHUTDOWN_GRACE', key: 'shutdownGraceMs', doc: 'on SIGTERM, how long in-flight requests may take to finish before streams and tunnels are closed', default: DEFAULT_SHUTDOWN_GRACE, parse: parseDuration }),
 ] as OptionSpec[];

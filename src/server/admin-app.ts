@@ -1,5 +1,4 @@
 import { Hono } from 'hono';
-import type { Registry } from 'prom-client';
 
 /** One readiness check's result. */
 export interface CheckResult {
@@ -9,7 +8,9 @@ export interface CheckResult {
 
 /** Dependencies of the admin app. */
 export interface AdminAppDeps {
-  registry: Registry;
+  /** Prometheus text of the guard's metrics. */
+  metrics: () => Promise<string>;
+  contentType: string;
   /** Named readiness checks; all must pass. */
   checks: Record<string, () => Promise<CheckResult>>;
   /** True once shutdown began: not ready, so load balancers drain the pod. */
@@ -35,8 +36,8 @@ export function createAdminApp(deps: AdminAppDeps) {
     return c.json({ ready, draining, checks, ...deps.info?.() }, ready ? 200 : 503);
   });
   app.get('/metrics', async (c) => {
-    c.header('Content-Type', deps.registry.contentType);
-    return c.body(await deps.registry.metrics());
+    c.header('Content-Type', deps.contentType);
+    return c.body(await deps.metrics());
   });
   return app;
 }

@@ -1,0 +1,84 @@
+import { writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { freePort, ROOT, start, startNginx, startNode, type Proc } from './procs.js';
+
+/** The proxies compared in every HTTP scenario, all in front of the same upstream. */
+export type ContenderName = 'direct' | 'nginx' | 'http-proxy' | 'hono-proxy' | 'guard';
+export const CONTENDERS: ContenderName[] = ['direct', 'nginx', 'http-proxy', 'hono-proxy', 'guard'];
+
+/** Starts the fast upstream: nginx serving a ~300-byte JSON, a 64 MiB file and an upload sink. */
+export async function startNginxUpstream(): Promise<{ proc: Proc; url: string }> {
+  const port = await freePort();
+  const dir = path.join(os.tmpdir(), `crg-bench-files-${process.pid}`);
+  const { mkdirSync } = await import('node:fs');
+  mkdirSync(dir, { recursive: true });
+  const { deterministicStream } = await import('../../testkit/bytes.js');
+  const { createWriteStream } = await import('node:fs');
+  const { pipeline } = await import('node:stream/promises');
+  await pipeline(deterministicStream(64 * 1024 * 1024), createWriteStream(path.join(dir, 'download.bin')));
+  const small = JSON.stringify({
+    id: '0b6d0a4e-54f5-4f7e-9d5c-3c1d2a9e8f70',
+    external_url: 'https://github.com/coder/coder/commit/abc1234',
+    version: 'v2.34.5+abc1234',
+    dashboard_url: 'https://coder.example.com',
+    telemetry: true,
+    workspace_proxy: false,
+    agent_api_version: '2.6',
+    provisioner_api_version: '1.9',
+    upgrade_message: '',
+    deployment_id: '6d7c1f0e-3c5e-4b53-9a1b-0f2f4f8a9c11',
+  });
+  writeFileSync(path.join(dir, 'small.json'), small);
+  const proc = await startNginx('upstream', port, `
+  server {
+    listen 127.0.0.1:${port} backlog=4096;
+    client_max_body_size 0;
+    sendfile on;
+    location = /small { default_type application/json; alias ${dir}/small.json; }
+    location = /download { default_type application/octet-stream; alias ${dir}/download.bin; }
+    location = /upload { return 200 'ok'; }
+  }`);
+  return { proc, url: `http://127.0.0.1:${port}` };
+}
+
+/** Starts one contender in front of `upstream`; returns its base URL. */
+export async function startContender(name: ContenderName, upstream: string, guardEnv: Record<string, string>): Promise<{ proc: Proc | null; url: string }> {
+  if (name === 'direct') return { proc: null, url: upstream };
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const target = new URL(upstream);
+  if (name === 'nginx') {
+    const proc = await startNginx('proxy', port, `
+  map $http_upgrade $connection_upgrade { default upgrade; '' ''; }
+  upstream coderd { server ${target.host}; keepalive 256; }
+  server {
+    listen 127.0.0.1:${port} backlog=4096;
+    client_max_body_size 0;
+    location / {
+      proxy_pass http://coderd;
+      proxy_http_version 1.1;
+      proxy_set_header Host $http_host;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_buffering off;
+      proxy_request_buffering off;
+      proxy_read_timeout 3600s;
+    }
+  }`);
+    return { proc, url };
+  }
+  if (name === 'http-proxy') return { proc: await startNode(name, 'bench/contenders/http-proxy.ts', port, { TARGET: upstream }), url };
+  if (name === 'hono-proxy') return { proc: await startNode(name, 'bench/contenders/hono-proxy.ts', port, { TARGET: upstream }), url };
+  const admin = await freePort();
+  const proc = await start('guard', process.execPath, ['dist/main.js'], port, {
+    REINIT_GUARD_UPSTREAM: upstream,
+    REINIT_GUARD_LISTEN: `127.0.0.1:${port}`,
+    REINIT_GUARD_ADMIN_LISTEN: `127.0.0.1:${admin}`,
+    REINIT_GUARD_LOG_LEVEL: 'warn',
+    ...guardEnv,
+  });
+  return { proc: Object.assign(proc, { adminUrl: `http://127.0.0.1:${admin}` }), url };
+}
+
+export { ROOT };

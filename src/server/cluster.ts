@@ -1,0 +1,134 @@
+import cluster, { type Worker } from 'node:cluster';
+import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
+import type { Config } from '../config/index.js';
+import type { Logger } from '../observability/log.js';
+import { createMetrics } from '../observability/metrics.js';
+import type { Decider, Decision } from '../reinit/decider.js';
+import { startControlPlane } from './control.js';
+import { startProxyServer, upstreamFrom } from './proxy-server.js';
+
+/**
+ * Several proxy workers behind one control plane. Workers carry the traffic (the proxy
+ * port is shared through node:cluster); the primary owns the database pool, the verdict
+ * cache and the admin port. Workers ask the primary for verdicts over IPC, so the pool
+ * bound, the one-query-per-workspace sharing and the cache hold for the whole guard.
+ */
+type Msg =
+  | { t: 'decide'; id: number; workspaceId: string }
+  | { t: 'decision'; id: number; decision: Decision }
+  | { t: 'metrics?'; id: number }
+  | { t: 'metrics'; id: number; json: MetricObjectWithValues<MetricValue<string>>[] }
+  | { t: 'shutdown'; graceMs: number };
+
+/** Runs the cluster primary: control plane plus `config.workers` forked workers. */
+export async function runPrimary(config: Config, log: Logger, graceMs: number): Promise<{ stop(): Promise<void> }> {
+  const metrics = createMetrics();
+  const upstream = upstreamFrom(config);
+  const workers = new Set<Worker>();
+  let stopping = false;
+  let seq = 0;
+  const pendingMetrics = new Map<number, { left: number; parts: MetricObjectWithValues<MetricValue<string>>[][]; done: () => void }>();
+
+  const metricsText = async () => {
+    const id = ++seq;
+    const parts = [await metrics.registry.getMetricsAsJSON()];
+    await new Promise<void>((resolve) => {
+      const live = [...workers].filter((w) => w.isConnected());
+      const entry = { left: live.length, parts, done: resolve };
+      pendingMetrics.set(id, entry);
+      for (const w of live) w.send({ t: 'metrics?', id } satisfies Msg);
+      if (!live.length) resolve();
+      setTimeout(resolve, 1000).unref(); // A stuck worker must not stall scraping.
+    });
+    pendingMetrics.delete(id);
+    return AggregatorRegistry.aggregate(parts as never).metrics();
+  };
+
+  const control = await startControlPlane(config, { metrics, upstream, metricsText });
+
+  const fork = () => {
+    const w = cluster.fork();
+    workers.add(w);
+    const listening = new Promise<void>((resolve, reject) => {
+      w.once('listening', () => resolve());
+      w.once('exit', (code) => reject(new Error(`proxy worker exited with ${code} before listening`)));
+    });
+    w.on('message', (m: Msg) => {
+      if (m.t === 'decide' && control.decider) {
+        void control.decider.decide(m.workspaceId).then((decision) => w.isConnected() && w.send({ t: 'decision', id: m.id, decision } satisfies Msg));
+      } else if (m.t === 'metrics') {
+        const entry = pendingMetrics.get(m.id);
+        if (entry) {
+          entry.parts.push(m.json);
+          if (--entry.left === 0) entry.done();
+        }
+      }
+    });
+    w.once('exit', (code, signal) => {
+      workers.delete(w);
+      if (stopping) return;
+      log.error('proxy worker exited; starting another', { code: code ?? null, signal: signal ?? null });
+      void fork().catch(() => {});
+    });
+    return listening;
+  };
+  // Ready (and "started" logged) only once every worker accepts traffic.
+  await Promise.all(Array.from({ length: config.workers }, fork));
+
+  return {
+    async stop() {
+      stopping = true;
+      control.drain();
+      const exits = [...workers].map((w) => new Promise<void>((r) => (w.isDead() ? r() : w.once('exit', () => r()))));
+      for (const w of workers) if (w.isConnected()) w.send({ t: 'shutdown', graceMs } satisfies Msg);
+      const kill = setTimeout(() => workers.forEach((w) => w.process.kill('SIGKILL')), graceMs + 5000);
+      await Promise.all(exits);
+      clearTimeout(kill);
+      await control.close();
+    },
+  };
+}
+
+/** A decider that asks the primary. A lost answer fails open at the decision deadline. */
+function ipcDecider(timeoutMs: number): Decider {
+  let seq = 0;
+  const pending = new Map<number, (d: Decision) => void>();
+  process.on('message', (m: Msg) => {
+    if (m.t !== 'decision') return;
+    pending.get(m.id)?.(m.decision);
+    pending.delete(m.id);
+  });
+  return {
+    decide(workspaceId) {
+      return new Promise<Decision>((resolve) => {
+        const id = ++seq;
+        const timer = setTimeout(() => {
+          pending.delete(id);
+          resolve({ ok: false, failure: 'timeout', detail: 'no verdict from the primary in time' });
+        }, timeoutMs + 500);
+        pending.set(id, (d) => {
+          clearTimeout(timer);
+          resolve(d);
+        });
+        process.send?.({ t: 'decide', id, workspaceId } satisfies Msg);
+      });
+    },
+  };
+}
+
+/** Runs one proxy worker. */
+export async function runWorker(config: Config, log: Logger): Promise<void> {
+  const metrics = createMetrics();
+  const decider = config.mode === 'off' ? null : ipcDecider(config.dbTimeoutMs);
+  const proxy = await startProxyServer(config, { log, metrics, upstream: upstreamFrom(config), decider });
+  process.on('message', (m: Msg) => {
+    if (m.t === 'metrics?') {
+      void metrics.registry.getMetricsAsJSON().then((json) => process.send?.({ t: 'metrics', id: m.id, json } satisfies Msg));
+    } else if (m.t === 'shutdown') {
+      void proxy.close(m.graceMs).then(() => process.exit(0));
+    }
+  });
+  // The primary handles signals for the whole guard.
+  process.on('SIGTERM', () => {});
+  process.on('SIGINT', () => {});
+}

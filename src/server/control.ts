@@ -1,0 +1,111 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { getRequestListener } from '@hono/node-server';
+import type { Config } from '../config/index.js';
+import { createDbClient, type Sql } from '../db/client.js';
+import { createQueries } from '../db/queries.js';
+import type { Metrics } from '../observability/metrics.js';
+import type { Upstream } from '../proxy/upstream.js';
+import { createDecider, type Decider } from '../reinit/decider.js';
+import { createAdminApp, type CheckResult } from './admin-app.js';
+import { listen } from './listen.js';
+
+/**
+ * The control plane of a guard: the database client, the decider (cache and shared
+ * lookups) and the admin listener. One per guard, whatever the number of proxy workers,
+ * so the pool bound and the cache hold for the whole guard.
+ */
+export interface ControlPlane {
+  decider: Decider | null;
+  adminAddress: AddressInfo;
+  /** Marks the guard as draining: /readyz answers 503 from now on. */
+  drain(): void;
+  close(): Promise<void>;
+}
+
+export interface ControlOptions {
+  metrics: Metrics;
+  upstream: Upstream;
+  /** Prometheus text for /metrics (the cluster primary aggregates its workers). */
+  metricsText?: () => Promise<string>;
+}
+
+const withTimeout = <T>(p: Promise<T>, ms: number, what: string) =>
+  Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${what} timed out after ${ms}ms`)), ms).unref())]);
+
+/** Starts the control plane; in mode off no database client is even created. */
+export async function startControlPlane(config: Config, opts: ControlOptions): Promise<ControlPlane> {
+  const { metrics } = opts;
+  let sql: Sql | null = null;
+  let decider: Decider | null = null;
+  const checks: Record<string, () => Promise<CheckResult>> = { upstream: () => probeUpstream(opts.upstream) };
+  if (config.mode !== 'off') {
+    sql = createDbClient({
+      url: config.pgUrl as string,
+      poolSize: config.dbPoolSize,
+      statementTimeoutMs: config.dbTimeoutMs,
+      connectTimeoutMs: config.dbConnectTimeoutMs,
+    });
+    const queries = createQueries(sql);
+    decider = createDecider({
+      queries,
+      timeoutMs: config.dbTimeoutMs,
+      cacheSize: config.cacheSize,
+      finalTtlMs: config.suppressCacheTtlMs,
+      transientTtlMs: config.passCacheTtlMs,
+      onCache: (result) => metrics.cache.inc({ result }),
+    });
+    checks.database = () => withTimeout(queries.ping(), config.dbTimeoutMs, 'database ping').then(() => ({ ok: true }));
+  }
+
+  let draining = false;
+  const app = createAdminApp({
+    metrics: opts.metricsText ?? (() => metrics.registry.metrics()),
+    contentType: metrics.registry.contentType,
+    checks,
+    draining: () => draining,
+    info: () => ({ mode: config.mode }),
+  });
+  const admin = http.createServer(getRequestListener(app.fetch, { overrideGlobalObjects: false }));
+  const adminAddress = await listen(admin, config.adminListen.host, config.adminListen.port);
+
+  return {
+    decider,
+    adminAddress,
+    drain: () => {
+      draining = true;
+    },
+    async close() {
+      await new Promise<void>((resolve) => {
+        admin.close(() => resolve());
+        admin.closeAllConnections();
+      });
+      await sql?.end({ timeout: 1 });
+    },
+  };
+}
+
+/**
+ * Readiness of coderd: any HTTP answer below 500 from /api/v2/buildinfo within 2 s, over
+ * the same pool (and TLS settings) as proxied traffic.
+ */
+function probeUpstream(upstream: Upstream): Promise<CheckResult> {
+  return new Promise((resolve) => {
+    const req = upstream.request({
+      protocol: upstream.url.protocol,
+      hostname: upstream.url.hostname,
+      port: upstream.url.port || undefined,
+      path: '/api/v2/buildinfo',
+      agent: upstream.agent,
+      timeout: 2000,
+    });
+    req.once('response', (res) => {
+      res.resume();
+      const status = res.statusCode ?? 0;
+      resolve(status < 500 ? { ok: true } : { ok: false, detail: `buildinfo answered ${status}` });
+    });
+    req.once('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
+    req.once('error', (err: NodeJS.ErrnoException) => resolve({ ok: false, detail: `unreachable: ${err.code ?? err.message}` }));
+    req.end();
+  });
+}
