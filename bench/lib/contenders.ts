@@ -13,6 +13,11 @@ export async function startNginxUpstream(): Promise<{ proc: Proc; url: string }>
   const dir = path.join(os.tmpdir(), `crg-bench-files-${process.pid}`);
   const { mkdirSync } = await import('node:fs');
   mkdirSync(dir, { recursive: true });
+  // nginx workers run as an unprivileged user when started as root: let them write here.
+  mkdirSync(`/dev/shm/crg-bench-${process.pid}/tmp`, { recursive: true, mode: 0o777 });
+  const { chmodSync } = await import('node:fs');
+  chmodSync(`/dev/shm/crg-bench-${process.pid}`, 0o777);
+  chmodSync(`/dev/shm/crg-bench-${process.pid}/tmp`, 0o777);
   const { deterministicStream } = await import('../../testkit/bytes.js');
   const { createWriteStream } = await import('node:fs');
   const { pipeline } = await import('node:stream/promises');
@@ -37,7 +42,8 @@ export async function startNginxUpstream(): Promise<{ proc: Proc; url: string }>
     sendfile on;
     location = /small { default_type application/json; alias ${dir}/small.json; }
     location = /download { default_type application/octet-stream; alias ${dir}/download.bin; }
-    location = /upload { return 200 'ok'; }
+    # WebDAV PUT reads the whole body (into tmpfs) before answering, as an upload sink must.
+    location /upload/ { root /dev/shm/crg-bench-${process.pid}; dav_methods PUT; create_full_put_path on; client_body_temp_path /dev/shm/crg-bench-${process.pid}/tmp; }
   }`);
   return { proc, url: `http://127.0.0.1:${port}` };
 }

@@ -28,7 +28,7 @@ async function uploadRate(base: string, count: number): Promise<number> {
   const t = performance.now();
   for (let i = 0; i < count; i++) {
     await new Promise<void>((resolve, reject) => {
-      const req = http.request(`${base}/upload`, { method: 'POST', headers: { 'Content-Length': String(64 * MiB) } }, (res) => {
+      const req = http.request(`${base}/upload/blob`, { method: 'PUT', headers: { 'Content-Length': String(64 * MiB) } }, (res) => {
         res.resume();
         res.on('end', resolve);
       });

@@ -1,0 +1,131 @@
+/**
+ * `npm run bench [-- scenario...]`: the guard against direct coderd-like upstreams, nginx,
+ * node http-proxy and Hono's proxy() on loopback, in one run. Prints a table per scenario
+ * with ratios to nginx and writes bench/results/latest.json. See bench/README.md.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { startEmbeddedPg } from '../testkit/pg.js';
+import { ROOT } from './lib/procs.js';
+import { round } from './lib/stats.js';
+import { runHttp, type HttpRow } from './scenarios/http.js';
+import { runIdle } from './scenarios/idle.js';
+import { runRelay } from './scenarios/relay.js';
+import { runReinit } from './scenarios/reinit.js';
+
+const ALL = ['http', 'relay', 'reinit', 'idle'] as const;
+const picked = process.argv.slice(2).filter((a) => (ALL as readonly string[]).includes(a));
+const scenarios = picked.length ? picked : [...ALL];
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
+const WORKERS = process.env.BENCH_GUARD_WORKERS ?? '2';
+
+/** First line a command prints about itself (nginx and wrk print to stderr, or exit 1). */
+const version = (cmd: string, args: string[]) => {
+  try {
+    return execFileSync('sh', ['-c', `${cmd} ${args.join(' ')} 2>&1 || true`], { encoding: 'utf8' }).trim().split('\n')[0];
+  } catch {
+    return 'missing';
+  }
+};
+
+const table = (title: string, rows: Array<Record<string, unknown>>) => {
+  const cols = Object.keys(rows[0] ?? {});
+  const w = cols.map((c) => Math.max(c.length, ...rows.map((r) => String(r[c] ?? '').length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(w[i]!)).join('  ');
+  process.stdout.write(`\n${title}\n${line(cols)}\n${line(w.map((n) => '-'.repeat(n)))}\n${rows.map((r) => line(cols.map((c) => String(r[c] ?? '')))).join('\n')}\n`);
+};
+const ratio = (a: number | undefined, b: number | undefined) => (a && b ? round(a / b, 2) : undefined);
+const verdict = (ok: boolean) => (ok ? 'met' : 'MISSED');
+
+async function main() {
+  const results: Record<string, unknown> = {
+    date: new Date().toISOString(),
+    machine: {
+      cpus: os.cpus().length,
+      cpuModel: os.cpus()[0]?.model,
+      memGiB: round(os.totalmem() / 2 ** 30, 1),
+      kernel: os.release(),
+      node: process.version,
+      nginx: version('nginx', ['-v']),
+      wrk: version('wrk', ['-v']),
+      openFilesLimit: version('sh', ['-c', 'ulimit -n']),
+    },
+    guardWorkers: WORKERS,
+    bars: {},
+  };
+  const bars = results.bars as Record<string, string>;
+  const guardEnv = { REINIT_GUARD_MODE: 'off', REINIT_GUARD_WORKERS: WORKERS };
+
+  if (scenarios.includes('http')) {
+    const { smallGet, transfer } = await runHttp({ seconds: SECONDS, transfers: 8, guardEnv });
+    const by = (rows: HttpRow[], n: string) => rows.find((r) => r.contender === n);
+    const ng = by(smallGet, 'nginx');
+    table('small GET (~300-byte JSON, 50 keep-alive connections)', smallGet.map((r) => ({ ...r, 'rps/nginx': ratio(r.rps, ng?.rps), 'p99/nginx': ratio(r.p99Ms, ng?.p99Ms) })));
+    const g = by(smallGet, 'guard');
+    bars['small GET req/s >= 0.5x nginx'] = verdict((ratio(g?.rps, ng?.rps) ?? 0) >= 0.5);
+    bars['small GET p99 <= 2x nginx'] = verdict((ratio(g?.p99Ms, ng?.p99Ms) ?? 99) <= 2);
+    bars['small GET ahead of http-proxy'] = verdict((g?.rps ?? 0) > (by(smallGet, 'http-proxy')?.rps ?? Infinity));
+    bars['small GET >= 3x Hono proxy()'] = verdict((ratio(g?.rps, by(smallGet, 'hono-proxy')?.rps) ?? 0) >= 3);
+    const nt = by(transfer, 'nginx');
+    table('64 MiB download and upload (MB/s, sequential)', transfer.map((r) => ({ ...r, 'down/nginx': ratio(r.downloadMBs, nt?.downloadMBs), 'up/nginx': ratio(r.uploadMBs, nt?.uploadMBs) })));
+    const gt = by(transfer, 'guard');
+    bars['download MB/s >= 0.9x nginx'] = verdict((ratio(gt?.downloadMBs, nt?.downloadMBs) ?? 0) >= 0.9);
+    bars['upload MB/s >= 0.9x nginx'] = verdict((ratio(gt?.uploadMBs, nt?.uploadMBs) ?? 0) >= 0.9);
+    results.smallGet = smallGet;
+    results.transfer = transfer;
+  }
+
+  if (scenarios.includes('relay')) {
+    const rows = await runRelay({ messages: 1000, guardEnv });
+    const d = rows.find((r) => r.contender === 'direct')!;
+    const withAdded = rows.map((r) => ({ ...r, 'sse added median ms': round(r.sseMedianMs - d.sseMedianMs, 3), 'ws rtt added median ms': round(r.wsRttMedianMs - d.wsRttMedianMs, 3) }));
+    table('SSE and WebSocket relay latency', withAdded);
+    const g = withAdded.find((r) => r.contender === 'guard')!;
+    bars['SSE added median latency <= 1 ms'] = verdict(g['sse added median ms'] <= 1);
+    bars['WebSocket added median latency <= 1 ms (round trip)'] = verdict(g['ws rtt added median ms'] <= 1);
+    results.relay = withAdded;
+  }
+
+  if (scenarios.includes('reinit')) {
+    const pg = await startEmbeddedPg({ withSchemaTemplate: true });
+    try {
+      const { cached, storm } = await runReinit(pg, { samples: 1000, stormAgents: Number(process.env.BENCH_STORM_AGENTS ?? 5000), workers: WORKERS });
+      table('/reinit with a cached verdict (409) vs. the same stream passed through', [cached as unknown as Record<string, unknown>]);
+      table('reconnect storm', [
+        { storm: 'first', ...storm.first, statuses: JSON.stringify(storm.first.statuses) },
+        { storm: 'second', ...storm.second },
+      ]);
+      bars['/reinit cached: added p99 <= 1 ms'] = verdict(cached.addedP99Ms <= 1);
+      bars['storm: every agent gets 409'] = verdict(storm.first.allConflict && storm.second.allConflict);
+      bars['storm: one DB query per workspace'] = verdict(storm.first.dbLookups === storm.agents);
+      bars['storm: DB concurrency <= pool size'] = verdict(storm.first.maxGuardDbConnections <= storm.poolSize);
+      bars['storm: all answered within 10 s'] = verdict(storm.first.seconds <= 10);
+      bars['storm: second storm issues zero DB queries'] = verdict(storm.second.dbLookups === 0);
+      results.reinitCached = cached;
+      results.storm = storm;
+    } finally {
+      await pg.stop();
+    }
+  }
+
+  if (scenarios.includes('idle')) {
+    const idle = await runIdle({ connections: Number(process.env.BENCH_IDLE_CONNECTIONS ?? 10_000), workers: WORKERS, guardEnv });
+    table('idle long-lived connections through the guard', [idle as unknown as Record<string, unknown>]);
+    bars['10,000 idle connections: RSS <= 300 MiB, no errors'] = verdict(idle.opened === idle.connections && idle.errors === 0 && idle.guardRssMiB <= 300);
+    results.idle = idle;
+  }
+
+  table('bars', Object.entries(bars).map(([bar, v]) => ({ bar, result: v })));
+  mkdirSync(`${ROOT}/bench/results`, { recursive: true });
+  writeFileSync(`${ROOT}/bench/results/latest.json`, `${JSON.stringify(results, null, 2)}\n`);
+  process.stdout.write(`\nwrote bench/results/latest.json\n`);
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    process.stderr.write(`bench failed: ${err instanceof Error ? err.stack : String(err)}\n`);
+    process.exit(1);
+  },
+);
