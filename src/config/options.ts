@@ -1,4 +1,5 @@
 import os from 'node:os';
+import { isValidRange } from '../lifecycle/retirement.js';
 import {
   parseBytes,
   parseDuration,
@@ -47,6 +48,10 @@ export interface Config {
   workers: number;
   /** How long in-flight requests may take to finish on SIGTERM. */
   shutdownGraceMs: number;
+  /** Semver range of fixed coderd versions at which the guard stops intervening. */
+  retireAt: string | undefined;
+  /** How often coderd's buildinfo is read. */
+  retirePollMs: number;
 }
 
 export const DEFAULT_LISTEN = '0.0.0.0:8080';
@@ -68,6 +73,10 @@ export const DEFAULT_HEADER_TIMEOUT = '30s';
 export const DEFAULT_UPSTREAM_CONNECT_TIMEOUT = '10s';
 export const DEFAULT_WORKERS = '1';
 export const DEFAULT_SHUTDOWN_GRACE = '10s';
+export const DEFAULT_RETIRE_POLL = '1m';
+
+const parseRange = (raw: string): Parsed<string> =>
+  isValidRange(raw.trim()) ? { ok: true, value: raw.trim() } : { ok: false, rule: 'use a semver range such as >=2.34.6, or >=2.34.6 <2.35.0 || >=2.35.1' };
 
 /** "auto" (one per CPU) or a whole number of workers. */
 const parseWorkers = (raw: string): Parsed<number> =>
@@ -120,4 +129,6 @@ export const OPTIONS: readonly OptionSpec[] = [
   option({ env: 'REINIT_GUARD_UPSTREAM_CA_FILE', key: 'upstreamCa', doc: 'PEM file of CA certificates to trust for an https upstream, in addition to the system ones', parse: readPemFile }),
   option({ env: 'REINIT_GUARD_WORKERS', key: 'workers', doc: 'proxy worker processes (auto: one per CPU); verdicts, the database pool and the admin port stay in one primary', default: DEFAULT_WORKERS, parse: parseWorkers }),
   option({ env: 'REINIT_GUARD_SHUTDOWN_GRACE', key: 'shutdownGraceMs', doc: 'on SIGTERM, how long in-flight requests may take to finish before streams and tunnels are closed', default: DEFAULT_SHUTDOWN_GRACE, parse: parseDuration }),
+  option({ env: 'REINIT_GUARD_RETIRE_AT', key: 'retireAt', doc: "semver range of coderd versions that carry the fix (e.g. >=2.34.6); when coderd's buildinfo matches, the guard behaves as off and says it can be removed", parse: parseRange }),
+  option({ env: 'REINIT_GUARD_RETIRE_POLL', key: 'retirePollMs', doc: "how often coderd's /api/v2/buildinfo is read (for the version in metrics and retirement)", default: DEFAULT_RETIRE_POLL, parse: parseDuration }),
 ] as OptionSpec[];

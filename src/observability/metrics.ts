@@ -20,6 +20,8 @@ export interface Metrics {
   upstreamErrors: Counter<'kind'>;
   inflight: Gauge;
   openStreams: Gauge<'kind'>;
+  info: Gauge<'version' | 'mode' | 'coderd_version'>;
+  retired: Gauge;
 }
 
 /** Creates the metrics; `defaults` adds Node's process metrics (off in tests). */
@@ -70,6 +72,20 @@ export function createMetrics(defaults = true): Metrics {
       help: 'Open long-lived streams by kind (tunnel, reinit).',
       labelNames: ['kind'],
       registers,
+    }),
+    info: new Gauge({
+      name: 'coder_reinit_guard_info',
+      help: "Always 1: the guard's version, configured mode and coderd's reported version.",
+      labelNames: ['version', 'mode', 'coderd_version'],
+      registers,
+      // Summed over cluster workers it would read N; only the primary sets it.
+      aggregator: 'max',
+    }),
+    retired: new Gauge({
+      name: 'coder_reinit_guard_retired',
+      help: '1 once coderd reports a version in REINIT_GUARD_RETIRE_AT: the guard passes everything and can be removed.',
+      registers,
+      aggregator: 'max',
     }),
   };
 }

@@ -42,7 +42,11 @@ const noDelay = (s: Duplex) => {
  */
 export function createTunnelHandler(deps: ForwardDeps) {
   const { metrics, log } = deps;
-  return (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+  // Upgraded sockets leave the HTTP server's bookkeeping: track them to close on shutdown.
+  const open = new Set<Duplex>();
+  const handler = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    open.add(socket);
+    socket.once('close', () => open.delete(socket));
     const isConnect = req.method === 'CONNECT';
     const upgrade = isConnect ? undefined : (req.headers.upgrade ?? '');
     noDelay(socket);
@@ -53,7 +57,7 @@ export function createTunnelHandler(deps: ForwardDeps) {
       if (!answered) upReq.destroy();
     });
 
-    const open = (upRes: IncomingMessage, upSocket: Duplex, upHead: Buffer) => {
+    const onUpgraded = (upRes: IncomingMessage, upSocket: Duplex, upHead: Buffer) => {
       answered = true;
       noDelay(upSocket);
       // The 101 head is end to end here (it carries Upgrade, Sec-WebSocket-Accept,
@@ -64,7 +68,7 @@ export function createTunnelHandler(deps: ForwardDeps) {
       metrics.openStreams.inc({ kind: 'tunnel' });
       splice(socket, upSocket, () => metrics.openStreams.dec({ kind: 'tunnel' }));
     };
-    upReq.once(isConnect ? 'connect' : 'upgrade', open);
+    upReq.once(isConnect ? 'connect' : 'upgrade', onUpgraded);
 
     upReq.once('response', (upRes) => {
       answered = true;
@@ -95,4 +99,10 @@ export function createTunnelHandler(deps: ForwardDeps) {
     });
     upReq.end();
   };
+  return Object.assign(handler, {
+    /** Closes every tunnel (both sides end: splice tears down the peer). */
+    closeAll: () => {
+      for (const s of open) s.destroy();
+    },
+  });
 }

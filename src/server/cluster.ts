@@ -18,7 +18,8 @@ type Msg =
   | { t: 'decision'; id: number; decision: Decision }
   | { t: 'metrics?'; id: number }
   | { t: 'metrics'; id: number; json: MetricObjectWithValues<MetricValue<string>>[] }
-  | { t: 'shutdown'; graceMs: number };
+  | { t: 'shutdown'; graceMs: number }
+  | { t: 'retired'; retired: boolean };
 
 /** Runs the cluster primary: control plane plus `config.workers` forked workers. */
 export async function runPrimary(config: Config, log: Logger, graceMs: number): Promise<{ stop(): Promise<void> }> {
@@ -44,11 +45,20 @@ export async function runPrimary(config: Config, log: Logger, graceMs: number): 
     return AggregatorRegistry.aggregate(parts as never).metrics();
   };
 
-  const control = await startControlPlane(config, { metrics, upstream, metricsText });
+  const control = await startControlPlane(config, {
+    metrics,
+    upstream,
+    log,
+    metricsText,
+    onRetirement: ({ retired }) => {
+      for (const w of workers) if (w.isConnected()) w.send({ t: 'retired', retired } satisfies Msg);
+    },
+  });
 
   const fork = () => {
     const w = cluster.fork();
     workers.add(w);
+    w.once('online', () => w.send({ t: 'retired', retired: control.retirement().retired } satisfies Msg));
     const listening = new Promise<void>((resolve, reject) => {
       w.once('listening', () => resolve());
       w.once('exit', (code) => reject(new Error(`proxy worker exited with ${code} before listening`)));
@@ -120,9 +130,11 @@ function ipcDecider(timeoutMs: number): Decider {
 export async function runWorker(config: Config, log: Logger): Promise<void> {
   const metrics = createMetrics();
   const decider = config.mode === 'off' ? null : ipcDecider(config.dbTimeoutMs);
-  const proxy = await startProxyServer(config, { log, metrics, upstream: upstreamFrom(config), decider });
+  let retired = false;
+  const proxy = await startProxyServer(config, { log, metrics, upstream: upstreamFrom(config), decider, retired: () => retired });
   process.on('message', (m: Msg) => {
-    if (m.t === 'metrics?') {
+    if (m.t === 'retired') retired = m.retired;
+    else if (m.t === 'metrics?') {
       void metrics.registry.getMetricsAsJSON().then((json) => process.send?.({ t: 'metrics', id: m.id, json } satisfies Msg));
     } else if (m.t === 'shutdown') {
       void proxy.close(m.graceMs).then(() => process.exit(0));

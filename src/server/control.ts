@@ -4,6 +4,9 @@ import { getRequestListener } from '@hono/node-server';
 import type { Config } from '../config/index.js';
 import { createDbClient, type Sql } from '../db/client.js';
 import { createQueries } from '../db/queries.js';
+import { watchRetirement, type RetirementState } from '../lifecycle/retirement.js';
+import { GUARD_VERSION } from '../lifecycle/version.js';
+import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Upstream } from '../proxy/upstream.js';
 import { createDecider, type Decider } from '../reinit/decider.js';
@@ -18,6 +21,8 @@ import { listen } from './listen.js';
 export interface ControlPlane {
   decider: Decider | null;
   adminAddress: AddressInfo;
+  /** coderd's last reported version and whether it retires the guard. */
+  retirement: () => RetirementState;
   /** Marks the guard as draining: /readyz answers 503 from now on. */
   drain(): void;
   close(): Promise<void>;
@@ -26,8 +31,11 @@ export interface ControlPlane {
 export interface ControlOptions {
   metrics: Metrics;
   upstream: Upstream;
+  log: Logger;
   /** Prometheus text for /metrics (the cluster primary aggregates its workers). */
   metricsText?: () => Promise<string>;
+  /** Told whenever coderd's version or the retirement state changes. */
+  onRetirement?: (state: RetirementState) => void;
 }
 
 const withTimeout = <T>(p: Promise<T>, ms: number, what: string) =>
@@ -58,13 +66,40 @@ export async function startControlPlane(config: Config, opts: ControlOptions): P
     checks.database = () => withTimeout(queries.ping(), config.dbTimeoutMs, 'database ping').then(() => ({ ok: true }));
   }
 
+  const setInfo = (coderdVersion: string | null) => {
+    metrics.info.reset();
+    metrics.info.set({ version: GUARD_VERSION, mode: config.mode, coderd_version: coderdVersion ?? 'unknown' }, 1);
+  };
+  setInfo(null);
+  const watcher = watchRetirement({
+    upstream: opts.upstream,
+    retireAt: config.retireAt ?? null,
+    pollMs: config.retirePollMs,
+    log: opts.log,
+    onChange: (state) => {
+      setInfo(state.coderdVersion);
+      metrics.retired.set(state.retired ? 1 : 0);
+      opts.onRetirement?.(state);
+    },
+  });
+
   let draining = false;
   const app = createAdminApp({
     metrics: opts.metricsText ?? (() => metrics.registry.metrics()),
     contentType: metrics.registry.contentType,
     checks,
     draining: () => draining,
-    info: () => ({ mode: config.mode }),
+    info: () => {
+      const { coderdVersion, retired } = watcher.state();
+      return {
+        mode: config.mode,
+        effective_mode: retired ? 'off' : config.mode,
+        coderd_version: coderdVersion,
+        retire_at: config.retireAt ?? null,
+        retired,
+        ...(retired ? { note: 'coderd reports a fixed version: this guard no longer intervenes and can be removed' } : {}),
+      };
+    },
   });
   const admin = http.createServer(getRequestListener(app.fetch, { overrideGlobalObjects: false }));
   const adminAddress = await listen(admin, config.adminListen.host, config.adminListen.port);
@@ -72,10 +107,12 @@ export async function startControlPlane(config: Config, opts: ControlOptions): P
   return {
     decider,
     adminAddress,
+    retirement: watcher.state,
     drain: () => {
       draining = true;
     },
     async close() {
+      watcher.stop();
       await new Promise<void>((resolve) => {
         admin.close(() => resolve());
         admin.closeAllConnections();

@@ -25,8 +25,14 @@ export interface StartOptions {
 export async function startGuard(config: Config, opts: StartOptions): Promise<Guard> {
   const metrics = opts.metrics ?? createMetrics();
   const upstream = upstreamFrom(config);
-  const control = await startControlPlane(config, { metrics, upstream });
-  const proxy = await startProxyServer(config, { log: opts.log, metrics, upstream, decider: control.decider });
+  const control = await startControlPlane(config, { metrics, upstream, log: opts.log });
+  const proxy = await startProxyServer(config, {
+    log: opts.log,
+    metrics,
+    upstream,
+    decider: control.decider,
+    retired: () => control.retirement().retired,
+  });
   return {
     proxyAddress: proxy.address,
     adminAddress: control.adminAddress,

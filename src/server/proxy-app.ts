@@ -9,6 +9,8 @@ import { isReinitWait, REINIT_PATH } from '../reinit/wait.js';
 /** Dependencies of the proxied-traffic app; `reinit` is absent in mode off. */
 export interface ProxyAppDeps extends ForwardDeps {
   reinit?: Omit<ReinitDeps, keyof ForwardDeps>;
+  /** True once coderd is patched (REINIT_GUARD_RETIRE_AT): behave as mode off. */
+  retired?: () => boolean;
 }
 
 /**
@@ -50,8 +52,9 @@ export function createProxyListener(deps: ProxyAppDeps): RequestListener {
     hostname: deps.upstream.hostPort,
   });
   const routed = deps.reinit !== undefined;
+  const retired = deps.retired ?? (() => false);
   return (req: IncomingMessage, res: ServerResponse) => {
-    if (routed && req.method === 'GET' && pathOnly(req.url) === REINIT_PATH) void viaApp(req, res);
+    if (routed && req.method === 'GET' && !retired() && pathOnly(req.url) === REINIT_PATH) void viaApp(req, res);
     else forward(deps, req, res);
   };
 }

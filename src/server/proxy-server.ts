@@ -28,7 +28,7 @@ export const upstreamFrom = (config: Config): Upstream =>
 /** Starts the proxy listener; `decider` is null in mode off. */
 export async function startProxyServer(
   config: Config,
-  opts: { log: Logger; metrics: Metrics; upstream: Upstream; decider: Decider | null },
+  opts: { log: Logger; metrics: Metrics; upstream: Upstream; decider: Decider | null; retired: () => boolean },
 ): Promise<ProxyServer> {
   const { log, metrics, upstream } = opts;
   const reinit =
@@ -49,7 +49,7 @@ export async function startProxyServer(
       keepAliveTimeout: 65_000,
       maxHeaderSize: 64 * 1024,
     },
-    createProxyListener({ ...deps, reinit }),
+    createProxyListener({ ...deps, reinit, retired: opts.retired }),
   );
   const tunnel = createTunnelHandler(deps);
   server.on('upgrade', tunnel);
@@ -69,7 +69,12 @@ export async function startProxyServer(
     async close(graceMs) {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();
-      const timer = setTimeout(() => server.closeAllConnections(), graceMs);
+      // In-flight requests get the grace period; then long-lived streams and tunnels are
+      // closed so that agents reconnect to another replica.
+      const timer = setTimeout(() => {
+        server.closeAllConnections();
+        tunnel.closeAll();
+      }, graceMs);
       await closed;
       clearTimeout(timer);
       upstream.agent.destroy();
