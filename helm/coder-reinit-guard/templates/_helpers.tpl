@@ -1,0 +1,67 @@
+{{/* The chart's name. */}}
+{{- define "guard.name" -}}
+coder-reinit-guard
+{{- end }}
+
+{{/* Resource name prefix: the release name (plus the chart name unless already in it). */}}
+{{- define "guard.fullname" -}}
+{{- if contains "coder-reinit-guard" .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-coder-reinit-guard" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Selector labels. Do not add more selectors: they are immutable on Deployments, and the
+"coder" Service of the takeover topology selects exactly these.
+*/}}
+{{- define "guard.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "guard.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Common labels. */}}
+{{- define "guard.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "guard.selectorLabels" . }}
+app.kubernetes.io/part-of: coder
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+The mode as a word. YAML 1.1 (which Helm parses values with) reads an unquoted `off` as
+false: accept that as "off" rather than failing on it.
+*/}}
+{{- define "guard.mode" -}}
+{{- $m := .Values.reinitGuard.mode | toString -}}
+{{- if eq $m "false" -}}off{{- else -}}{{ $m }}{{- end -}}
+{{- end }}
+
+{{/* Validates the values that must agree with each other; fails with what to set. */}}
+{{- define "guard.validate" -}}
+{{- $g := .Values.reinitGuard -}}
+{{- if not (has $g.topology (list "takeover" "ingress")) -}}
+{{- fail (printf "reinitGuard.topology %q is not valid: use takeover or ingress" $g.topology) -}}
+{{- end -}}
+{{- if not (has (include "guard.mode" .) (list "enforce" "observe" "off")) -}}
+{{- fail (printf "reinitGuard.mode %q is not valid: use enforce, observe or off" (include "guard.mode" .)) -}}
+{{- end -}}
+{{- if eq $g.topology "ingress" -}}
+{{- $_ := required "reinitGuard.ingress.host is required with topology ingress: set it to the host of CODER_ACCESS_URL (e.g. coder.example.com)" $g.ingress.host -}}
+{{- end -}}
+{{- if eq $g.topology "takeover" -}}
+{{- $_ := required "reinitGuard.coderRelease is required with topology takeover: set it to the coder chart's release name" $g.coderRelease -}}
+{{- end -}}
+{{- end }}
+
+{{/* The URL the guard forwards to, for the chosen topology. */}}
+{{- define "guard.upstreamURL" -}}
+{{- $g := .Values.reinitGuard -}}
+{{- if eq $g.topology "takeover" -}}
+http://{{ $g.upstream.serviceName }}.{{ .Release.Namespace }}.svc.cluster.local:{{ $g.upstream.port }}
+{{- else -}}
+http://{{ $g.ingress.coderServiceName }}.{{ .Release.Namespace }}.svc.cluster.local:{{ $g.ingress.coderServicePort }}
+{{- end -}}
+{{- end }}

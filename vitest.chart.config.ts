@@ -1,0 +1,9 @@
+import { defineConfig } from 'vitest/config';
+
+/** The Helm chart tests: `npm run test:chart` (needs Go and sprig, see README). */
+export default defineConfig({
+  test: {
+    include: ['test/chart/**/*.test.ts'],
+    testTimeout: 120_000,
+  },
+});
