@@ -52,6 +52,10 @@ export function loadConfig(env: Env): ConfigResult {
       `REINIT_GUARD_PG_URL is not set: set it (or ${CODER_PG_URL_ENV}) to coderd's PostgreSQL URL, or set REINIT_GUARD_MODE=off`,
     );
   }
+  const tlsSet = [out.tlsListen, out.tlsCert, out.tlsKey].filter((v) => v !== undefined).length;
+  if (tlsSet > 0 && tlsSet < 3 && !problems.some((p) => /^REINIT_GUARD_TLS_/.test(p))) {
+    problems.push('REINIT_GUARD_TLS_LISTEN is not valid without a certificate: set REINIT_GUARD_TLS_LISTEN, REINIT_GUARD_TLS_CERT_FILE and REINIT_GUARD_TLS_KEY_FILE together');
+  }
   const listen = out.listen as Config['listen'] | undefined;
   const admin = out.adminListen as Config['adminListen'] | undefined;
   if (listen && admin && listen.port !== 0 && listen.port === admin.port && listen.host === admin.host) {

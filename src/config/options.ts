@@ -8,6 +8,7 @@ import {
   parseInteger,
   parsePgUrl,
   parseUpstream,
+  readKeyFile,
   readPemFile,
   type HostPort,
   type Parsed,
@@ -52,6 +53,12 @@ export interface Config {
   retireAt: string | undefined;
   /** How often coderd's buildinfo is read. */
   retirePollMs: number;
+  /** A second, TLS listener for proxied traffic (clients that reached coderd on 443). */
+  tlsListen: HostPort | undefined;
+  tlsCert: string | undefined;
+  tlsKey: string | undefined;
+  /** Name coderd's certificate is verified against (and sent as SNI), if not the URL's host. */
+  upstreamServername: string | undefined;
 }
 
 export const DEFAULT_LISTEN = '0.0.0.0:8080';
@@ -74,6 +81,9 @@ export const DEFAULT_UPSTREAM_CONNECT_TIMEOUT = '10s';
 export const DEFAULT_WORKERS = '1';
 export const DEFAULT_SHUTDOWN_GRACE = '10s';
 export const DEFAULT_RETIRE_POLL = '1m';
+
+const parseServername = (raw: string): Parsed<string> =>
+  /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/i.test(raw.trim()) ? { ok: true, value: raw.trim() } : { ok: false, rule: 'use a DNS name such as coder.example.com' };
 
 const parseRange = (raw: string): Parsed<string> =>
   isValidRange(raw.trim()) ? { ok: true, value: raw.trim() } : { ok: false, rule: 'use a semver range such as >=2.34.6, or >=2.34.6 <2.35.0 || >=2.35.1' };
@@ -131,4 +141,8 @@ export const OPTIONS: readonly OptionSpec[] = [
   option({ env: 'REINIT_GUARD_SHUTDOWN_GRACE', key: 'shutdownGraceMs', doc: 'on SIGTERM, how long in-flight requests may take to finish before streams and tunnels are closed', default: DEFAULT_SHUTDOWN_GRACE, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_RETIRE_AT', key: 'retireAt', doc: "semver range of coderd versions that carry the fix (e.g. >=2.34.6); when coderd's buildinfo matches, the guard behaves as off and says it can be removed", parse: parseRange }),
   option({ env: 'REINIT_GUARD_RETIRE_POLL', key: 'retirePollMs', doc: "how often coderd's /api/v2/buildinfo is read (for the version in metrics and retirement)", default: DEFAULT_RETIRE_POLL, parse: parseDuration }),
+  option({ env: 'REINIT_GUARD_TLS_LISTEN', key: 'tlsListen', doc: 'host:port of an additional TLS listener for proxied traffic (needs REINIT_GUARD_TLS_CERT_FILE and REINIT_GUARD_TLS_KEY_FILE)', parse: parseHostPort }),
+  option({ env: 'REINIT_GUARD_TLS_CERT_FILE', key: 'tlsCert', doc: 'PEM certificate chain for the TLS listener', parse: readPemFile }),
+  option({ env: 'REINIT_GUARD_TLS_KEY_FILE', key: 'tlsKey', doc: 'PEM private key for the TLS listener', parse: readKeyFile }),
+  option({ env: 'REINIT_GUARD_UPSTREAM_SERVERNAME', key: 'upstreamServername', doc: "name to verify an https upstream's certificate against and send as SNI, when it differs from the upstream URL's host", parse: parseServername }),
 ] as OptionSpec[];

@@ -52,6 +52,17 @@ export function readPemFile(raw: string): Parsed<string> {
   return text.includes('-----BEGIN CERTIFICATE-----') ? ok(text) : bad('use a PEM file holding at least one CERTIFICATE block');
 }
 
+/** Reads a PEM private key file (never echoed: the caller marks it secret). */
+export function readKeyFile(raw: string): Parsed<string> {
+  let text: string;
+  try {
+    text = readFileSync(raw.trim(), 'utf8');
+  } catch (err) {
+    return bad(`use a readable PEM file (${(err as NodeJS.ErrnoException).code ?? 'unreadable'})`);
+  }
+  return /-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(text) ? ok(text) : bad('use a PEM file holding a PRIVATE KEY block');
+}
+
 /** Parses a whole number within [min, max]. */
 export function parseInteger(raw: string, min: number, max: number): Parsed<number> {
   const n = /^\d+$/.test(raw.trim()) ? Number(raw.trim()) : NaN;

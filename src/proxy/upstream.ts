@@ -15,7 +15,7 @@ export interface Upstream {
   readonly forwardedHeaders: boolean;
   readonly connectTimeoutMs: number;
   /** TLS options for connections made outside the pool (upgrades, CONNECT). */
-  readonly tlsOptions: { ca?: string[] };
+  readonly tlsOptions: { ca?: string[]; servername?: string };
 }
 
 /** Options for reaching coderd. */
@@ -26,6 +26,8 @@ export interface UpstreamOptions {
   connectTimeoutMs?: number;
   /** PEM bundle of extra CAs trusted for an https upstream (added to the system ones). */
   ca?: string;
+  /** Name to verify coderd's certificate against and send as SNI, if not the URL's host. */
+  servername?: string;
 }
 
 /**
@@ -38,7 +40,8 @@ export function createUpstream(opts: UpstreamOptions): Upstream {
   const agentOptions = { keepAlive: true, maxSockets: Infinity, maxFreeSockets: 1024, scheduling: 'lifo' as const };
   // A custom bundle adds to Node's default roots instead of replacing them.
   const ca = opts.ca ? [...tls.rootCertificates, opts.ca] : undefined;
-  const agent = secure ? new https.Agent({ ...agentOptions, ...(ca ? { ca } : {}) }) : new http.Agent(agentOptions);
+  const tlsOptions = { ...(ca ? { ca } : {}), ...(opts.servername ? { servername: opts.servername } : {}) };
+  const agent = secure ? new https.Agent({ ...agentOptions, ...tlsOptions }) : new http.Agent(agentOptions);
   return {
     url: opts.url,
     hostPort: `${opts.url.hostname}:${port}`,
@@ -46,7 +49,7 @@ export function createUpstream(opts: UpstreamOptions): Upstream {
     request: secure ? https.request : http.request,
     forwardedHeaders: opts.forwardedHeaders,
     connectTimeoutMs: opts.connectTimeoutMs ?? 10_000,
-    tlsOptions: ca ? { ca } : {},
+    tlsOptions,
   };
 }
 

@@ -9,6 +9,8 @@ import { startProxyServer, upstreamFrom } from './proxy-server.js';
 export interface Guard {
   /** Where proxied traffic is served. */
   proxyAddress: AddressInfo;
+  /** The TLS listener's address, when configured. */
+  tlsAddress: AddressInfo | null;
   adminAddress: AddressInfo;
   metrics: Metrics;
   /** Stops accepting, lets in-flight requests finish within `graceMs`, then closes the rest. */
@@ -35,6 +37,7 @@ export async function startGuard(config: Config, opts: StartOptions): Promise<Gu
   });
   return {
     proxyAddress: proxy.address,
+    tlsAddress: proxy.tlsAddress,
     adminAddress: control.adminAddress,
     metrics,
     async close(graceMs = 10_000) {

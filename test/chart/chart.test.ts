@@ -119,6 +119,19 @@ describe('topology-specific objects and failures', () => {
     expect(o.find((x) => x.kind === 'ConfigMap')!.data!.REINIT_GUARD_UPSTREAM).toBe('http://coder-upstream.coder.svc.cluster.local:80');
   });
 
+  it('tls: the coder Service serves 443 from the guard, which reaches coder over https', () => {
+    const o = objs('tls-values.yaml');
+    const coder = o.find((x) => x.kind === 'Service' && x.metadata.name === 'coder')!;
+    expect((coder.spec as { ports: Array<{ name: string; port: number }> }).ports.map((p) => [p.name, p.port])).toEqual([['http', 80], ['https', 443]]);
+    const cm = o.find((x) => x.kind === 'ConfigMap')!.data!;
+    expect(cm).toMatchObject({
+      REINIT_GUARD_UPSTREAM: 'https://coder-upstream.coder.svc.cluster.local:443',
+      REINIT_GUARD_TLS_LISTEN: '0.0.0.0:8443',
+      REINIT_GUARD_UPSTREAM_SERVERNAME: 'coder.example.com',
+      REINIT_GUARD_UPSTREAM_CA_FILE: '/etc/coder-reinit-guard/upstream-ca/ca.crt',
+    });
+  });
+
   it('ingress: only the Exact /reinit path goes to the guard, which forwards to the coder Service', () => {
     const o = objs('ingress-values.yaml');
     expect(o.find((x) => x.kind === 'Service' && x.metadata.name === 'coder')).toBeUndefined();
@@ -131,6 +144,7 @@ describe('topology-specific objects and failures', () => {
     ['reinitGuard:\n  topology: ingress\n', 'reinitGuard.ingress.host is required with topology ingress'],
     ['reinitGuard:\n  topology: sidecar\n', 'reinitGuard.topology "sidecar" is not valid: use takeover or ingress'],
     ['reinitGuard:\n  mode: "on"\n', 'reinitGuard.mode "on" is not valid: use enforce, observe or off'],
+    ['reinitGuard:\n  tls:\n    enable: true\n', 'reinitGuard.tls.secretName is required when reinitGuard.tls.enable is true'],
   ])('fails early with what to set: %j', (values, message) => {
     const file = path.join(root, '.tmp', `bad-${Buffer.from(values).toString('hex').slice(0, 16)}.yaml`);
     writeFileSync(file, values);

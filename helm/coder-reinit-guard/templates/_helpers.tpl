@@ -51,6 +51,9 @@ false: accept that as "off" rather than failing on it.
 {{- if eq $g.topology "ingress" -}}
 {{- $_ := required "reinitGuard.ingress.host is required with topology ingress: set it to the host of CODER_ACCESS_URL (e.g. coder.example.com)" $g.ingress.host -}}
 {{- end -}}
+{{- if $g.tls.enable -}}
+{{- $_ := required "reinitGuard.tls.secretName is required when reinitGuard.tls.enable is true: name the kubernetes.io/tls Secret with the certificate" $g.tls.secretName -}}
+{{- end -}}
 {{- if eq $g.topology "takeover" -}}
 {{- $_ := required "reinitGuard.coderRelease is required with topology takeover: set it to the coder chart's release name" $g.coderRelease -}}
 {{- end -}}
@@ -60,8 +63,8 @@ false: accept that as "off" rather than failing on it.
 {{- define "guard.upstreamURL" -}}
 {{- $g := .Values.reinitGuard -}}
 {{- if eq $g.topology "takeover" -}}
-http://{{ $g.upstream.serviceName }}.{{ .Release.Namespace }}.svc.cluster.local:{{ $g.upstream.port }}
+{{ $g.upstream.scheme }}://{{ $g.upstream.serviceName }}.{{ .Release.Namespace }}.svc.cluster.local:{{ $g.upstream.port }}
 {{- else -}}
-http://{{ $g.ingress.coderServiceName }}.{{ .Release.Namespace }}.svc.cluster.local:{{ $g.ingress.coderServicePort }}
+{{ $g.upstream.scheme }}://{{ $g.ingress.coderServiceName }}.{{ .Release.Namespace }}.svc.cluster.local:{{ $g.ingress.coderServicePort }}
 {{- end -}}
 {{- end }}
