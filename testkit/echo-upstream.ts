@@ -37,7 +37,7 @@ export const GZIP_JSON = gzipSync(Buffer.from(JSON.stringify({ hello: 'world', p
  * `/hang` (never answers). Upgrades: WebSocket (echo, subprotocols), `Upgrade: DERP` (raw
  * echo), `/reject` (403 instead of 101). CONNECT: 200 then raw echo.
  */
-export async function startEchoUpstream(): Promise<EchoUpstream> {
+export async function startEchoUpstream(opts: { port?: number } = {}): Promise<EchoUpstream> {
   const state = { aborted: 0, open: 0, tunnels: 0 };
   const track = (socket: net.Socket | import('node:stream').Duplex) => {
     state.tunnels++;
@@ -141,7 +141,14 @@ export async function startEchoUpstream(): Promise<EchoUpstream> {
     socket.pipe(socket);
   });
 
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  // Every socket, upgraded ones included (the HTTP server stops tracking those), so that
+  // close() can kill coderd's side of everything at once, as a crash would.
+  const allSockets = new Set<net.Socket>();
+  server.on('connection', (s: net.Socket) => {
+    allSockets.add(s);
+    s.once('close', () => allSockets.delete(s));
+  });
+  await new Promise<void>((r) => server.listen(opts.port ?? 0, '127.0.0.1', r));
   const { port } = server.address() as AddressInfo;
   return {
     url: `http://127.0.0.1:${port}`,
@@ -158,8 +165,9 @@ export async function startEchoUpstream(): Promise<EchoUpstream> {
     gzipBody: GZIP_JSON,
     async close() {
       wss.close();
-      server.closeAllConnections();
-      await new Promise<void>((r) => server.close(() => r()));
+      const closed = new Promise<void>((r) => server.close(() => r()));
+      for (const s of allSockets) s.destroy();
+      await closed;
     },
   };
 }

@@ -21,6 +21,8 @@ export interface DeciderOptions {
   finalTtlMs: number;
   /** TTL of verdicts that can change (the claim build is the latest, or not yet created). */
   transientTtlMs: number;
+  /** Most lookups handed to the database client at once: the pool size. */
+  maxConcurrent: number;
   /** Called with every verdict source, for metrics. */
   onCache?: (result: 'hit' | 'miss' | 'shared') => void;
 }
@@ -51,18 +53,56 @@ export function classifyDbError(err: unknown): { failure: DbFailure; detail: str
 class DeadlineError extends Error {}
 
 /**
+ * Admits at most `max` tasks at once; the others wait in a queue they leave when their
+ * deadline passes, so they never reach the database. (Cancelling queries queued inside
+ * postgres.js instead left its pool stuck after an outage in our fault tests.)
+ */
+function createGate(max: number) {
+  let running = 0;
+  const waiting: Array<() => void> = [];
+  const release = () => {
+    running--;
+    waiting.shift()?.();
+  };
+  return {
+    /** Runs `task` once admitted, unless `deadlineMs` passes first (then rejects). */
+    run<T>(task: () => Promise<T>, deadlineMs: number): Promise<T> {
+      const start = () => {
+        running++;
+        return task().finally(release);
+      };
+      if (running < max) return start();
+      return new Promise<T>((resolve, reject) => {
+        const admit = () => {
+          clearTimeout(timer);
+          start().then(resolve, reject);
+        };
+        const timer = setTimeout(() => {
+          const i = waiting.indexOf(admit);
+          if (i !== -1) waiting.splice(i, 1);
+          reject(new DeadlineError());
+        }, deadlineMs);
+        waiting.push(admit);
+      });
+    },
+  };
+}
+
+/**
  * Creates the decider. A workspace's "claim already handled" verdict is final (a workspace
  * is claimed once) and cached long; other verdicts live only seconds. Concurrent lookups
- * of one workspace share one query, so a reconnect storm costs one query per workspace
- * and postgres.js's pool bounds the database concurrency.
+ * of one workspace share one query, so a reconnect storm costs one query per workspace;
+ * at most `maxConcurrent` lookups run at once and the rest queue here, bounded by their
+ * deadline.
  */
 export function createDecider(opts: DeciderOptions): Decider {
   const cache =
     opts.cacheSize > 0 ? new LRUCache<string, Verdict>({ max: opts.cacheSize, ttl: opts.finalTtlMs, ttlAutopurge: false }) : null;
   const inflight = new Map<string, Promise<Verdict>>();
+  const gate = createGate(opts.maxConcurrent);
 
   const lookup = (id: string): Promise<Verdict> => {
-    const p = opts.queries.latestBuild(id).then((latest) => {
+    const p = gate.run(() => opts.queries.latestBuild(id), opts.timeoutMs).then((latest) => {
       const verdict = decide(latest);
       cache?.set(id, verdict, { ttl: isFinal(verdict) ? opts.finalTtlMs : opts.transientTtlMs });
       return verdict;

@@ -61,6 +61,7 @@ export async function startControlPlane(config: Config, opts: ControlOptions): P
       cacheSize: config.cacheSize,
       finalTtlMs: config.suppressCacheTtlMs,
       transientTtlMs: config.passCacheTtlMs,
+      maxConcurrent: config.dbPoolSize,
       onCache: (result) => metrics.cache.inc({ result }),
     });
     checks.database = () => withTimeout(queries.ping(), config.dbTimeoutMs, 'database ping').then(() => ({ ok: true }));
