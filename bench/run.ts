@@ -90,7 +90,7 @@ async function main() {
   if (scenarios.includes('reinit')) {
     const pg = await startEmbeddedPg({ withSchemaTemplate: true });
     try {
-      const { cached, storm } = await runReinit(pg, { samples: 1000, stormAgents: Number(process.env.BENCH_STORM_AGENTS ?? 5000), workers: WORKERS });
+      const { cached, storm } = await runReinit(pg, { samples: 2000, stormAgents: Number(process.env.BENCH_STORM_AGENTS ?? 5000), workers: WORKERS });
       table('/reinit with a cached verdict (409) vs. the same stream passed through', [cached as unknown as Record<string, unknown>]);
       table('reconnect storm', [
         { storm: 'first', ...storm.first, statuses: JSON.stringify(storm.first.statuses) },
