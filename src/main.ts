@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import cluster from 'node:cluster';
 import { describeConfig, loadConfig, type Config } from './config/index.js';
+import { runAudit } from './audit/index.js';
 import { createLogger, type Logger } from './observability/log.js';
 import { runPrimary, runWorker } from './server/cluster.js';
 import { startGuard } from './server/index.js';
@@ -28,6 +29,11 @@ function onSignals(log: Logger, stop: () => Promise<void>): void {
 }
 
 async function main(): Promise<void> {
+  if (process.argv[2] === 'audit') {
+    const code = await runAudit(process.argv.slice(3), process.env, { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) });
+    process.exitCode = code;
+    return;
+  }
   const result = loadConfig(process.env);
   if (!result.ok) {
     const n = result.problems.length;

@@ -18,6 +18,10 @@ describe('README keeps its promises', () => {
     expect(await read('README.md')).toContain((await read('sql/least-privilege-role.sql')).trim());
   });
 
+  it("shows the audit's extra grants exactly as the tested file has them", async () => {
+    expect(await read('README.md')).toContain((await read('sql/audit-grants.sql')).trim());
+  });
+
   it('CI runs the README test command after npm ci', async () => {
     const ci = await read('.ci/run');
     expect(ci).toMatch(/^npm ci$/m);

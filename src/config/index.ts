@@ -21,7 +21,7 @@ export const CODER_PG_URL_ENV = 'CODER_PG_CONNECTION_URL';
  * const r = loadConfig(process.env);
  * if (!r.ok) { console.error(r.problems.join('\n')); process.exit(2); }
  */
-export function loadConfig(env: Env): ConfigResult {
+export function loadConfig(env: Env, opts: { upstreamRequired?: boolean } = {}): ConfigResult {
   const problems: string[] = [];
   const out: Partial<Record<keyof Config, unknown>> = {};
 
@@ -43,7 +43,7 @@ export function loadConfig(env: Env): ConfigResult {
     }
   }
 
-  if (out.upstream === undefined && !problems.some((p) => p.startsWith('REINIT_GUARD_UPSTREAM '))) {
+  if (opts.upstreamRequired !== false && out.upstream === undefined && !problems.some((p) => p.startsWith('REINIT_GUARD_UPSTREAM '))) {
     problems.push('REINIT_GUARD_UPSTREAM is not set: set it to the base URL of coderd, e.g. http://coder-upstream:8080');
   }
   const pgProblem = problems.some((p) => p.startsWith('REINIT_GUARD_PG_URL ') || p.startsWith(`${CODER_PG_URL_ENV} `));
