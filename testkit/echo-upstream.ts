@@ -100,6 +100,10 @@ export async function startEchoUpstream(opts: { port?: number } = {}): Promise<E
         res.write(Buffer.alloc(1000, 1));
         setTimeout(() => res.socket?.destroy(), 50);
         return;
+      case '/early':
+        // Answers in full before reading the body, as coderd's 404 to an upload does.
+        res.writeHead(404, { 'Content-Type': 'application/json', 'Content-Length': 30 });
+        return res.end('{"message":"Route not found."}');
       case '/hang':
         req.resume();
         return;

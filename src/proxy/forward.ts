@@ -80,6 +80,19 @@ export function forward(deps: ForwardDeps, req: IncomingMessage, res: ServerResp
     // pipe, not pipeline: an upstream failure must not destroy the client socket before
     // the 502 is written. A client that leaves mid-body is handled by the close above.
     req.pipe(upReq);
+    // coderd may answer in full before reading the whole body (a 404 to an upload). Then
+    // the rest of the body is of no use to it, but must still be read off the client's
+    // connection, or the next request on that keep-alive connection is never parsed and
+    // hangs (the soak found this). Drop the upstream connection (it is mid-body, not
+    // reusable) and discard the rest, as a Node or Go server does with an unread body.
+    upReq.once('response', (upRes) => {
+      upRes.once('end', () => {
+        if (req.readableEnded) return;
+        req.unpipe(upReq);
+        upReq.destroy();
+        req.resume();
+      });
+    });
   } else {
     upReq.end();
   }

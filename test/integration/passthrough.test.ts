@@ -293,6 +293,24 @@ describe('failures', () => {
     await waitFor(() => upstream.aborted === aborted + 1 && upstream.open === 0, 3000, 'coderd to see the abort');
   });
 
+  it('an answer before the upload is read does not wedge the keep-alive connection', async () => {
+    // Found by the soak: the next request on the same client connection hung.
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    for (let i = 0; i < 4; i++) {
+      const status = await new Promise<number>((resolve, reject) => {
+        const req = http.request(`${guard.url}/early`, { method: 'POST', agent, headers: { 'Content-Length': String(1 << 20) } }, (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        });
+        req.on('error', reject);
+        req.setTimeout(3000, () => req.destroy(new Error(`request ${i} hung`)));
+        req.end(Buffer.alloc(1 << 20));
+      });
+      expect(status).toBe(404);
+    }
+    agent.destroy();
+  });
+
   it('a client leaving a long poll releases the upstream request', async () => {
     const req = http.get(`${guard.url}/hang`);
     req.on('error', () => {});
