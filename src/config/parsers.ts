@@ -41,27 +41,22 @@ export function parseHostPort(raw: string): Parsed<HostPort> {
   return ok({ host, port });
 }
 
-/** Reads a PEM bundle from a file path; the file must exist and hold a certificate. */
-export function readPemFile(raw: string): Parsed<string> {
+/** Reads a PEM file that must hold a block matching `block` (described as `what`). */
+function readPem(raw: string, block: RegExp, what: string): Parsed<string> {
   let text: string;
   try {
     text = readFileSync(raw.trim(), 'utf8');
   } catch (err) {
     return bad(`use a readable PEM file (${(err as NodeJS.ErrnoException).code ?? 'unreadable'})`);
   }
-  return text.includes('-----BEGIN CERTIFICATE-----') ? ok(text) : bad('use a PEM file holding at least one CERTIFICATE block');
+  return block.test(text) ? ok(text) : bad(`use a PEM file holding ${what}`);
 }
 
-/** Reads a PEM private key file (never echoed: the caller marks it secret). */
-export function readKeyFile(raw: string): Parsed<string> {
-  let text: string;
-  try {
-    text = readFileSync(raw.trim(), 'utf8');
-  } catch (err) {
-    return bad(`use a readable PEM file (${(err as NodeJS.ErrnoException).code ?? 'unreadable'})`);
-  }
-  return /-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(text) ? ok(text) : bad('use a PEM file holding a PRIVATE KEY block');
-}
+/** Reads a PEM bundle of certificates (a CA bundle or a certificate chain). */
+export const readPemFile = (raw: string): Parsed<string> => readPem(raw, /-----BEGIN CERTIFICATE-----/, 'at least one CERTIFICATE block');
+
+/** Reads a PEM private key. Messages show the path only, never the key. */
+export const readKeyFile = (raw: string): Parsed<string> => readPem(raw, /-----BEGIN [A-Z ]*PRIVATE KEY-----/, 'a PRIVATE KEY block');
 
 /** Parses a whole number within [min, max]. */
 export function parseInteger(raw: string, min: number, max: number): Parsed<number> {

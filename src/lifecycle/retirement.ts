@@ -27,8 +27,14 @@ export function versionRetires(version: string, range: string): boolean {
 /** Validates a retirement range as configuration. */
 export const isValidRange = (range: string): boolean => semver.validRange(range) !== null;
 
-/** Reads coderd's version from buildinfo through the upstream pool; null if it cannot. */
-export function fetchCoderdVersion(upstream: Upstream, timeoutMs = 5000): Promise<string | null> {
+/** What GET /api/v2/buildinfo gave: coderd's status and version, or the network error. */
+export type Buildinfo = { ok: true; status: number; version: string | null } | { ok: false; code: string };
+
+/**
+ * Reads coderd's /api/v2/buildinfo through the upstream pool (same TLS settings as proxied
+ * traffic). Used for readiness (any answer below 500) and for coderd's version.
+ */
+export function requestBuildinfo(upstream: Upstream, timeoutMs: number): Promise<Buildinfo> {
   return new Promise((resolve) => {
     const req = upstream.request({
       protocol: upstream.url.protocol,
@@ -46,20 +52,28 @@ export function fetchCoderdVersion(upstream: Upstream, timeoutMs = 5000): Promis
         if (body.length < 64 * 1024) body += c;
       });
       res.on('end', () => {
+        let version: string | null = null;
         try {
           const v = (JSON.parse(body) as { version?: unknown }).version;
-          resolve(res.statusCode === 200 && typeof v === 'string' ? v : null);
+          if (res.statusCode === 200 && typeof v === 'string') version = v;
         } catch {
-          resolve(null);
+          // Not JSON: reachable, version unknown.
         }
+        resolve({ ok: true, status: res.statusCode ?? 0, version });
       });
-      res.on('error', () => resolve(null));
+      res.on('error', () => resolve({ ok: false, code: 'ECONNRESET' }));
     });
-    req.once('timeout', () => req.destroy());
-    req.once('error', () => resolve(null));
+    req.once('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
+    req.once('error', (err: NodeJS.ErrnoException) => resolve({ ok: false, code: err.code ?? err.message }));
     req.end();
   });
 }
+
+/** coderd's version from buildinfo, or null if it cannot be read. */
+export const fetchCoderdVersion = async (upstream: Upstream, timeoutMs = 5000): Promise<string | null> => {
+  const r = await requestBuildinfo(upstream, timeoutMs);
+  return r.ok ? r.version : null;
+};
 
 /** Options of the retirement watcher. */
 export interface RetirementOptions {

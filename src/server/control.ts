@@ -4,7 +4,7 @@ import { getRequestListener } from '@hono/node-server';
 import type { Config } from '../config/index.js';
 import { createDbClient, type Sql } from '../db/client.js';
 import { createQueries } from '../db/queries.js';
-import { watchRetirement, type RetirementState } from '../lifecycle/retirement.js';
+import { requestBuildinfo, watchRetirement, type RetirementState } from '../lifecycle/retirement.js';
 import { GUARD_VERSION } from '../lifecycle/version.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -123,27 +123,9 @@ export async function startControlPlane(config: Config, opts: ControlOptions): P
   };
 }
 
-/**
- * Readiness of coderd: any HTTP answer below 500 from /api/v2/buildinfo within 2 s, over
- * the same pool (and TLS settings) as proxied traffic.
- */
-function probeUpstream(upstream: Upstream): Promise<CheckResult> {
-  return new Promise((resolve) => {
-    const req = upstream.request({
-      protocol: upstream.url.protocol,
-      hostname: upstream.url.hostname,
-      port: upstream.url.port || undefined,
-      path: '/api/v2/buildinfo',
-      agent: upstream.agent,
-      timeout: 2000,
-    });
-    req.once('response', (res) => {
-      res.resume();
-      const status = res.statusCode ?? 0;
-      resolve(status < 500 ? { ok: true } : { ok: false, detail: `buildinfo answered ${status}` });
-    });
-    req.once('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
-    req.once('error', (err: NodeJS.ErrnoException) => resolve({ ok: false, detail: `unreachable: ${err.code ?? err.message}` }));
-    req.end();
-  });
+/** Readiness of coderd: any HTTP answer below 500 from /api/v2/buildinfo within 2 s. */
+async function probeUpstream(upstream: Upstream): Promise<CheckResult> {
+  const r = await requestBuildinfo(upstream, 2000);
+  if (!r.ok) return { ok: false, detail: `unreachable: ${r.code}` };
+  return r.status < 500 ? { ok: true } : { ok: false, detail: `buildinfo answered ${r.status}` };
 }
