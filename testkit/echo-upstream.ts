@@ -43,7 +43,7 @@ export async function startEchoUpstream(opts: { port?: number } = {}): Promise<E
     state.tunnels++;
     socket.once('close', () => state.tunnels--);
   };
-  const wss = new WebSocketServer({ noServer: true, handleProtocols: (protocols) => (protocols.has('coder-test.v2') ? 'coder-test.v2' : false) });
+  const wss = new WebSocketServer({ noServer: true, perMessageDeflate: true, handleProtocols: (protocols) => (protocols.has('coder-test.v2') ? 'coder-test.v2' : false) });
   wss.on('connection', (ws) => {
     ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
   });

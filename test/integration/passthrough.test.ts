@@ -179,10 +179,11 @@ describe('responses reaching the client', () => {
 });
 
 describe('upgrades and CONNECT', () => {
-  it('WebSocket: text, binary, ping/pong and a negotiated subprotocol', async () => {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}/api/v2/workspaceagents/me/rpc`, ['coder-test.v1', 'coder-test.v2']);
+  it('WebSocket: text, binary, ping/pong, a negotiated subprotocol and extension', async () => {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/api/v2/workspaceagents/me/rpc`, ['coder-test.v1', 'coder-test.v2'], { perMessageDeflate: true });
     await new Promise((r, j) => ws.once('open', r).once('error', j));
     expect(ws.protocol).toBe('coder-test.v2');
+    expect(ws.extensions).toContain('permessage-deflate'); // negotiated with coderd, end to end
     const next = () => new Promise<[Buffer, boolean]>((r) => ws.once('message', (d, b) => r([d as Buffer, b])));
     ws.send('hello');
     expect(await next()).toEqual([Buffer.from('hello'), false]);
