@@ -49,7 +49,7 @@ async function main() {
       node: process.version,
       nginx: version('nginx', ['-v']),
       wrk: version('wrk', ['-v']),
-      openFilesLimit: version('sh', ['-c', 'ulimit -n']),
+      openFilesLimit: version('ulimit', ['-n']),
     },
     guardWorkers: WORKERS,
     bars: {},
