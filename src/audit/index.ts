@@ -2,7 +2,7 @@ import { CODER_PG_URL_ENV, loadConfig } from '../config/index.js';
 import { redactUrl } from '../config/parsers.js';
 import { createDbClient } from '../db/client.js';
 import { fetchCoderdVersion, versionRetires } from '../lifecycle/retirement.js';
-import { createUpstream } from '../proxy/upstream.js';
+import { upstreamFrom } from '../proxy/upstream.js';
 import { createAuditQueries, type AffectedRow, type AuditCounts } from './queries.js';
 
 /** Exit statuses of `audit`, so it can gate a rollout. */
@@ -113,7 +113,7 @@ export async function runAudit(argv: string[], env: Record<string, string | unde
 
   const coderd: AuditReport['coderd'] = { version: null, affected: null, note: 'REINIT_GUARD_UPSTREAM not set: version not checked' };
   if (config.upstream) {
-    const upstream = createUpstream({ url: config.upstream, forwardedHeaders: false, ca: config.upstreamCa, servername: config.upstreamServername });
+    const upstream = upstreamFrom(config);
     coderd.version = await fetchCoderdVersion(upstream);
     upstream.agent.destroy();
     if (coderd.version === null) coderd.note = `could not read ${config.upstream.origin}/api/v2/buildinfo`;

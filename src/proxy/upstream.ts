@@ -3,6 +3,7 @@ import https from 'node:https';
 import tls from 'node:tls';
 import type { Socket } from 'node:net';
 import type { IncomingMessage } from 'node:http';
+import type { Config } from '../config/index.js';
 import { upstreamRequestHeaders, toFlat } from './headers.js';
 
 /** Where proxied requests go, with the keep-alive pool to get there. */
@@ -52,6 +53,16 @@ export function createUpstream(opts: UpstreamOptions): Upstream {
     tlsOptions,
   };
 }
+
+/** Creates the upstream pool from the guard's configuration. */
+export const upstreamFrom = (config: Config): Upstream =>
+  createUpstream({
+    url: config.upstream,
+    forwardedHeaders: config.forwardedHeaders === 'append',
+    connectTimeoutMs: config.upstreamConnectTimeoutMs,
+    ca: config.upstreamCa,
+    servername: config.upstreamServername,
+  });
 
 /**
  * The request target to send upstream. A request in absolute form (`GET http://x/y`)

@@ -5,7 +5,8 @@ import type { Logger } from '../observability/log.js';
 import { createMetrics } from '../observability/metrics.js';
 import type { Decider, Decision } from '../reinit/decider.js';
 import { startControlPlane } from './control.js';
-import { startProxyServer, upstreamFrom } from './proxy-server.js';
+import { upstreamFrom } from '../proxy/upstream.js';
+import { startProxyServer } from './proxy-server.js';
 
 /**
  * Several proxy workers behind one control plane. Workers carry the traffic (the proxy

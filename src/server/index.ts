@@ -3,7 +3,8 @@ import type { Config } from '../config/index.js';
 import type { Logger } from '../observability/log.js';
 import { createMetrics, type Metrics } from '../observability/metrics.js';
 import { startControlPlane } from './control.js';
-import { startProxyServer, upstreamFrom } from './proxy-server.js';
+import { upstreamFrom } from '../proxy/upstream.js';
+import { startProxyServer } from './proxy-server.js';
 
 /** A running guard in one process. */
 export interface Guard {

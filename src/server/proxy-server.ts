@@ -6,7 +6,7 @@ import type { Config } from '../config/index.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import { createTunnelHandler } from '../proxy/tunnel.js';
-import { createUpstream, type Upstream } from '../proxy/upstream.js';
+import type { Upstream } from '../proxy/upstream.js';
 import type { Decider } from '../reinit/decider.js';
 import { listen } from './listen.js';
 import { createProxyListener } from './proxy-app.js';
@@ -19,16 +19,6 @@ export interface ProxyServer {
   /** Stops accepting, lets in-flight requests finish within `graceMs`, then closes the rest. */
   close(graceMs: number): Promise<void>;
 }
-
-/** Creates the upstream pool from configuration. */
-export const upstreamFrom = (config: Config): Upstream =>
-  createUpstream({
-    url: config.upstream,
-    forwardedHeaders: config.forwardedHeaders === 'append',
-    connectTimeoutMs: config.upstreamConnectTimeoutMs,
-    ca: config.upstreamCa,
-    servername: config.upstreamServername,
-  });
 
 /** Starts the proxy listener; `decider` is null in mode off. */
 export async function startProxyServer(
