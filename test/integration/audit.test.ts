@@ -1,7 +1,5 @@
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type postgres from 'postgres';
 import { runAudit, type AuditReport } from '../../src/audit/index.js';
@@ -9,8 +7,8 @@ import { startCoderdStandin, type Standin } from '../../testkit/coderd-standin.j
 import { createUser, seedScenario, type Scenario, type Seeded } from '../../testkit/fixtures.js';
 import { freePort } from '../../testkit/pg.js';
 import { freshDatabase } from '../support/env.js';
+import { spawnEntryPoint } from '../support/guard-process.js';
 
-const root = fileURLToPath(new URL('../..', import.meta.url));
 let db: { url: string; sql: postgres.Sql };
 let empty: { url: string; sql: postgres.Sql };
 const seeded: Seeded[] = [];
@@ -53,15 +51,11 @@ const audit = async (argv: string[], env: Record<string, string>) => {
 };
 
 /** The real entry point, as `node dist/main.js audit` runs in the image. */
-const auditProcess = (argv: string[], env: Record<string, string>) =>
-  new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', 'audit', ...argv], { cwd: root, env: { PATH: process.env.PATH ?? '', ...env } });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
-    child.once('exit', (code) => resolve({ code, out, err }));
-  });
+const auditProcess = async (argv: string[], env: Record<string, string>) => {
+  const { out, exited } = spawnEntryPoint(env, ['audit', ...argv]);
+  const code = await exited;
+  return { code, out: out.stdout, err: out.stderr };
+};
 
 describe('audit', () => {
   it('counts every category over non-deleted workspaces', async () => {

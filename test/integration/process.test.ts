@@ -1,31 +1,14 @@
-import { spawn } from 'node:child_process';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { freePort } from '../../testkit/pg.js';
 import { waitFor } from '../support/env.js';
-
-const root = fileURLToPath(new URL('../..', import.meta.url));
-
-/** Runs the guard's real entry point as `npm start` would, from sources (via tsx). */
-function runGuard(env: Record<string, string>) {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
-    cwd: root,
-    env: { PATH: process.env.PATH ?? '', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const out = { stdout: '', stderr: '' };
-  child.stdout.on('data', (c: Buffer) => (out.stdout += c.toString()));
-  child.stderr.on('data', (c: Buffer) => (out.stderr += c.toString()));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  return { child, out, exited };
-}
+import { spawnEntryPoint } from '../support/guard-process.js';
 
 describe('the guard process', () => {
   it('refuses an invalid configuration before listening, listing every problem', async () => {
     const port = await freePort();
-    const { out, exited } = runGuard({
+    const { out, exited } = spawnEntryPoint({
       REINIT_GUARD_UPSTREAM: 'coder:8080',
       REINIT_GUARD_PG_URL: 'postgres://guard:s3cr3t-pw@db:5432/coder',
       REINIT_GUARD_MODE: 'on',
@@ -45,7 +28,7 @@ describe('the guard process', () => {
     const upstream = http.createServer((_req, res) => res.end('{"version":"v2.34.5"}'));
     await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
     const [port, admin] = [await freePort(), await freePort()];
-    const { child, out, exited } = runGuard({
+    const { child, out, exited } = spawnEntryPoint({
       REINIT_GUARD_UPSTREAM: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`,
       REINIT_GUARD_PG_URL: 'postgres://guard:s3cr3t-pw@127.0.0.1:1/coder',
       REINIT_GUARD_LISTEN: `127.0.0.1:${port}`,

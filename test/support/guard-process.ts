@@ -18,18 +18,34 @@ export interface GuardProcess {
   stop(): Promise<number | null>;
 }
 
-/** Runs the real entry point (`src/main.ts` via tsx) with the given environment. */
-export async function startGuardProcess(env: Record<string, string>): Promise<GuardProcess> {
-  const [port, admin] = [await freePort(), await freePort()];
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+/** A spawned entry point with its output collected and its exit status awaited. */
+export interface Spawned {
+  child: ChildProcess;
+  out: { stdout: string; stderr: string };
+  exited: Promise<number | null>;
+}
+
+/**
+ * Runs the real entry point (`src/main.ts` via tsx, as `npm start` runs dist/main.js) with
+ * `args` and only PATH plus `env` in its environment.
+ */
+export function spawnEntryPoint(env: Record<string, string>, args: string[] = []): Spawned {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], {
     cwd: root,
-    env: { PATH: process.env.PATH ?? '', REINIT_GUARD_LISTEN: `127.0.0.1:${port}`, REINIT_GUARD_ADMIN_LISTEN: `127.0.0.1:${admin}`, ...env },
+    env: { PATH: process.env.PATH ?? '', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const out = { stdout: '', stderr: '' };
   child.stdout!.on('data', (c: Buffer) => (out.stdout += c.toString()));
   child.stderr!.on('data', (c: Buffer) => (out.stderr += c.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return { child, out, exited };
+}
+
+/** Starts the guard from its entry point on free loopback ports and waits until it serves. */
+export async function startGuardProcess(env: Record<string, string>): Promise<GuardProcess> {
+  const [port, admin] = [await freePort(), await freePort()];
+  const { child, out, exited } = spawnEntryPoint({ REINIT_GUARD_LISTEN: `127.0.0.1:${port}`, REINIT_GUARD_ADMIN_LISTEN: `127.0.0.1:${admin}`, ...env });
   await waitFor(() => out.stdout.includes('coder-reinit-guard started') || child.exitCode !== null, 20_000, 'the guard process to start');
   if (child.exitCode !== null) throw new Error(`guard exited ${child.exitCode}: ${out.stderr}`);
   const kib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? 0) * 1024;
