@@ -14,47 +14,43 @@ export interface ProxyAppDeps extends ForwardDeps {
 }
 
 /**
- * The Hono application for proxied traffic: the `/reinit` route the guard inspects, and a
- * catch-all that forwards. Handlers work on Node's own streams (bindings `incoming` /
- * `outgoing`) so bytes pass untouched, and tell Hono the response is already sent.
+ * The Hono application for the one route the guard inspects, `GET /reinit`: a true `wait`
+ * goes to the reinit handler, anything else is forwarded. The handlers work on Node's own
+ * streams (bindings `incoming` / `outgoing`) so bytes pass untouched, and tell Hono the
+ * response is already sent.
  */
-export function createProxyApp(deps: ProxyAppDeps) {
+export function createReinitApp(deps: ForwardDeps & { reinit: Omit<ReinitDeps, keyof ForwardDeps> }) {
   const app = new Hono<{ Bindings: HttpBindings }>();
-  const reinit = deps.reinit ? createReinitHandler({ ...deps, ...deps.reinit }) : null;
-  if (reinit) {
-    app.get(REINIT_PATH, (c) => {
-      const { incoming, outgoing } = c.env;
-      if (isReinitWait(incoming.method, incoming.url ?? '')) reinit(incoming, outgoing);
-      else forward(deps, incoming, outgoing);
-      return RESPONSE_ALREADY_SENT;
-    });
-  }
-  app.all('*', (c) => {
-    forward(deps, c.env.incoming, c.env.outgoing);
+  const reinit = createReinitHandler({ ...deps, ...deps.reinit });
+  app.get(REINIT_PATH, (c) => {
+    const { incoming, outgoing } = c.env;
+    if (isReinitWait(incoming.method, incoming.url ?? '')) reinit(incoming, outgoing);
+    else forward(deps, incoming, outgoing);
     return RESPONSE_ALREADY_SENT;
   });
   return app;
 }
 
 /**
- * The request listener of the proxy port. Requests for the `/reinit` path go through the
- * Hono app; everything else goes straight to the streaming forwarder. Two reasons, both
- * about being invisible: building a Fetch `Request` validates Host and the request target
- * (a missing Host on HTTP/1.0, a backslash in a path) and answers 400 where coderd would
- * answer, and it costs time on every request of the fleet (see bench/).
+ * The request listener of the proxy port. `GET /reinit` goes through the Hono app (in
+ * modes enforce and observe, unless retired); everything else goes straight to the
+ * streaming forwarder. Two reasons, both about being invisible: building a Fetch `Request`
+ * validates Host and the request target (a missing Host on HTTP/1.0, a backslash in a
+ * path) and answers 400 where coderd would answer, and it costs time on every request of
+ * the fleet (see bench/).
  */
 export function createProxyListener(deps: ProxyAppDeps): RequestListener {
-  const app = createProxyApp(deps);
-  const viaApp = getRequestListener(app.fetch, {
+  const { reinit } = deps;
+  if (!reinit) return (req, res) => forward(deps, req, res);
+  const viaApp = getRequestListener(createReinitApp({ ...deps, reinit }).fetch, {
     autoCleanupIncoming: false,
     overrideGlobalObjects: false,
     // HTTP/1.0 agents may omit Host; name coderd rather than refuse them.
     hostname: deps.upstream.hostPort,
   });
-  const routed = deps.reinit !== undefined;
   const retired = deps.retired ?? (() => false);
   return (req: IncomingMessage, res: ServerResponse) => {
-    if (routed && req.method === 'GET' && !retired() && pathOnly(req.url) === REINIT_PATH) void viaApp(req, res);
+    if (req.method === 'GET' && !retired() && pathOnly(req.url) === REINIT_PATH) void viaApp(req, res);
     else forward(deps, req, res);
   };
 }
