@@ -18,6 +18,8 @@ export interface Metrics {
   dbErrors: Counter<'kind'>;
   cache: Counter<'result'>;
   upstreamErrors: Counter<'kind'>;
+  internalErrors: Counter<'where'>;
+  refused: Counter<'reason'>;
   inflight: Gauge;
   openStreams: Gauge<'kind'>;
   info: Gauge<'version' | 'mode' | 'coderd_version'>;
@@ -60,6 +62,18 @@ export function createMetrics(defaults = true): Metrics {
       name: 'coder_reinit_guard_upstream_errors_total',
       help: 'Failures talking to coderd, by kind.',
       labelNames: ['kind'],
+      registers,
+    }),
+    internalErrors: new Counter({
+      name: 'coder_reinit_guard_internal_errors_total',
+      help: 'Requests a fault inside the guard ended (with a 502 or a cut connection), by where it happened. Should stay 0.',
+      labelNames: ['where'],
+      registers,
+    }),
+    refused: new Counter({
+      name: 'coder_reinit_guard_refused_requests_total',
+      help: 'Client requests the guard refused before forwarding them (ambiguous or unsupported), by reason.',
+      labelNames: ['reason'],
       registers,
     }),
     inflight: new Gauge({

@@ -20,8 +20,12 @@ export interface CoderError {
   detail: string;
 }
 
-/** Writes a JSON error in coderd's shape, unless the response has already started. */
-export function writeCoderError(res: ServerResponse, status: number, body: CoderError): void {
+/**
+ * Writes a JSON error in coderd's shape, unless the response has already started (then
+ * the connection is cut). `close` ends the connection after it, for requests whose body
+ * was not read.
+ */
+export function writeCoderError(res: ServerResponse, status: number, body: CoderError, close = false): void {
   if (res.headersSent || res.destroyed) {
     res.destroy();
     return;
@@ -30,8 +34,15 @@ export function writeCoderError(res: ServerResponse, status: number, body: Coder
   res.writeHead(status, {
     'Content-Type': 'application/json',
     'Content-Length': Buffer.byteLength(json),
+    ...(close ? { Connection: 'close' } : {}),
   });
   res.end(json);
+}
+
+/** The same error as raw HTTP/1.1 bytes, for a socket outside Node's response machinery. */
+export function rawCoderError(status: number, reason: string, body: CoderError): string {
+  const json = JSON.stringify(body);
+  return `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(json)}\r\nConnection: close\r\n\r\n${json}`;
 }
 
 /**

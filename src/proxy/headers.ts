@@ -20,14 +20,20 @@ export interface RequestContext {
   forwarded: boolean;
   /** The value of Upgrade when this request is an upgrade the guard tunnels. */
   upgrade: string | undefined;
-  /** The client sent a chunked body: the guard re-chunks it on its own connection. */
-  chunked: boolean;
-  /**
-   * No body, with a method Node's client frames as chunked by default (POST, PUT, PATCH,
-   * WebDAV verbs...): the guard says "Content-Length: 0" instead.
-   */
-  emptyBodyNeedsLength: boolean;
+  /** How the request body is framed on the guard's connection to coderd. */
+  framing: Framing;
 }
+
+/**
+ * The body framing the guard itself decides for the upstream request, from what Node's
+ * parser validated on the client's request (never from headers a client can tamper with):
+ * - `chunked`: the client sent a chunked body; the guard re-chunks it;
+ * - `length`: the client sent `Content-Length`; the same length goes upstream;
+ * - `none`: no body. `zeroLength` says "Content-Length: 0" for methods Node's client would
+ *   otherwise frame as chunked (POST, PUT, PATCH, WebDAV verbs), the same meaning
+ *   (RFC 9112 §6.3) said plainly.
+ */
+export type Framing = { kind: 'chunked' } | { kind: 'length'; length: string } | { kind: 'none'; zeroLength: boolean };
 
 export type RequestPass = (headers: HeaderPair[], ctx: RequestContext) => HeaderPair[];
 export type ResponsePass = (headers: HeaderPair[]) => HeaderPair[];
@@ -52,14 +58,29 @@ export function toFlat(pairs: readonly HeaderPair[]): string[] {
   return out;
 }
 
+/**
+ * Headers a `Connection` line can never remove. Framing and Host are not hop-by-hop: were a
+ * client allowed to strip its own `Content-Length`, its body would reach coderd unframed on
+ * a shared keep-alive connection and be read as the next request (request smuggling); were
+ * it allowed to strip `Host`, coderd would route on a Host the client never sent.
+ */
+export const NEVER_HOP_BY_HOP = new Set(['host', 'content-length', 'transfer-encoding']);
+
 const lower = (s: string) => s.toLowerCase();
 const has = (headers: readonly HeaderPair[], name: string) => headers.some(([k]) => lower(k) === name);
 
-/** Header names listed in Connection: they are hop-by-hop too (RFC 9110 §7.6.1). */
+/**
+ * Header names listed in Connection: they are hop-by-hop too (RFC 9110 §7.6.1), except
+ * framing and Host ({@link NEVER_HOP_BY_HOP}), which the guard decides on its own.
+ */
 export const stripConnectionListed = (headers: HeaderPair[]): HeaderPair[] => {
   const listed = new Set<string>();
   for (const [k, v] of headers) {
-    if (lower(k) === 'connection') for (const t of v.split(',')) if (t.trim()) listed.add(lower(t.trim()));
+    if (lower(k) !== 'connection') continue;
+    for (const t of v.split(',')) {
+      const name = lower(t.trim());
+      if (name && !NEVER_HOP_BY_HOP.has(name)) listed.add(name);
+    }
   }
   return listed.size ? headers.filter(([k]) => !listed.has(lower(k))) : headers;
 };
@@ -70,20 +91,33 @@ export const stripHopByHop = (headers: HeaderPair[]): HeaderPair[] => headers.fi
 /** HTTP/1.0 clients may omit Host; coderd needs one, so name the upstream. */
 export const ensureHost: RequestPass = (headers, ctx) => (has(headers, 'host') ? headers : [...headers, ['Host', ctx.upstreamHost]]);
 
-/** Adds the client to X-Forwarded-For; sets X-Forwarded-Proto and -Host when absent. */
+/**
+ * Adds the client to X-Forwarded-For; sets X-Forwarded-Proto and -Host when absent. Every
+ * X-Forwarded-For line the client sent is merged into one (RFC 9110 §5.3: the same as a
+ * comma-joined list) and the client's address appended once, as nginx's
+ * `$proxy_add_x_forwarded_for` does: coderd takes the rightmost untrusted entry, so a value
+ * on a later line must never end up right of the guard's.
+ */
 export const appendForwarded: RequestPass = (headers, ctx) => {
   if (!ctx.forwarded) return headers;
   const addr = (ctx.remoteAddress ?? '').replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/, '');
   const out: HeaderPair[] = [];
-  let xff = false;
+  const sent: string[] = [];
+  let at = -1;
   for (const h of headers) {
-    if (!xff && lower(h[0]) === 'x-forwarded-for' && addr) {
-      // Only the first X-Forwarded-For line is extended; repeated lines stay as they are.
-      out.push([h[0], `${h[1]}, ${addr}`]);
-      xff = true;
-    } else out.push(h);
+    if (lower(h[0]) !== 'x-forwarded-for') {
+      out.push(h);
+      continue;
+    }
+    if (at === -1) {
+      at = out.length;
+      out.push(h);
+    }
+    if (h[1].trim()) sent.push(h[1].trim());
   }
-  if (!xff && addr) out.push(['X-Forwarded-For', addr]);
+  if (addr) sent.push(addr);
+  if (at !== -1) out[at] = [(out[at] as HeaderPair)[0], sent.join(', ')];
+  else if (addr) out.push(['X-Forwarded-For', addr]);
   if (!has(headers, 'x-forwarded-proto')) out.push(['X-Forwarded-Proto', ctx.encrypted ? 'https' : 'http']);
   const host = headers.find(([k]) => lower(k) === 'host');
   if (!has(headers, 'x-forwarded-host') && host) out.push(['X-Forwarded-Host', host[1]]);
@@ -95,15 +129,23 @@ export const restateUpgrade: RequestPass = (headers, ctx) =>
   ctx.upgrade === undefined ? headers : [...headers, ['Connection', 'Upgrade'], ['Upgrade', ctx.upgrade]];
 
 /**
- * Body framing on the guard's own connection. Transfer-Encoding is hop-by-hop, but a chunked
- * body still needs it: restate it so Node re-chunks the streamed body whatever the method.
- * A bodiless POST/PUT/PATCH without framing would otherwise go out chunked (Node's default
- * for those methods): "Content-Length: 0" says the same thing (RFC 9112 §6.3) more plainly.
+ * Body framing on the guard's own connection, decided by the guard alone ({@link Framing}).
+ * Every Content-Length line the client sent is replaced by the one the guard decided, in
+ * the place (and name case) of the first; Transfer-Encoding is hop-by-hop and restated
+ * only for a chunked body. So a body never goes upstream without explicit framing, and no
+ * framing goes upstream without the body it announces.
  */
-export const restateFraming: RequestPass = (headers, ctx) =>
-  ctx.chunked ? [...headers, ['Transfer-Encoding', 'chunked']]
-  : ctx.emptyBodyNeedsLength ? [...headers, ['Content-Length', '0']]
-  : headers;
+export const restateFraming: RequestPass = (headers, { framing }) => {
+  const out: HeaderPair[] = [];
+  for (const h of headers) {
+    if (lower(h[0]) !== 'content-length') out.push(h);
+    else if (framing.kind === 'length' && !out.some(([k]) => lower(k) === 'content-length')) out.push([h[0], framing.length]);
+  }
+  if (framing.kind === 'chunked') out.push(['Transfer-Encoding', 'chunked']);
+  else if (framing.kind === 'length' && !has(out, 'content-length')) out.push(['Content-Length', framing.length]);
+  else if (framing.kind === 'none' && framing.zeroLength) out.push(['Content-Length', '0']);
+  return out;
+};
 
 /** The request passes, in order. */
 export const requestPasses: readonly RequestPass[] = [

@@ -1,14 +1,19 @@
-import type { ClientRequest, IncomingMessage } from 'node:http';
+import { STATUS_CODES, type ClientRequest, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
-import { classifyUpstreamError, upstreamFailure } from './errors.js';
+import { classifyUpstreamError, rawCoderError, upstreamFailure } from './errors.js';
 import type { ForwardDeps } from './forward.js';
 import { clientResponseHeaders, toPairs, type HeaderPair } from './headers.js';
-import { openUpstream } from './upstream.js';
+import { logPath, logUpgrade } from './target.js';
+import { openUpstream, requestFraming } from './upstream.js';
 
-/** Serializes a status line and headers as raw HTTP/1.1 bytes. */
+/**
+ * Serializes a status line and headers as raw HTTP/1.1 bytes. The reason phrase is coderd's
+ * unless it holds a byte that has no place in a status line; then the standard one.
+ */
 export function rawHead(status: number, message: string, headers: readonly HeaderPair[]): string {
-  let s = `HTTP/1.1 ${status} ${message}\r\n`;
+  const reason = /[^\t\x20-\x7e\x80-\xff]/.test(message) ? (STATUS_CODES[status] ?? '') : message;
+  let s = `HTTP/1.1 ${status} ${reason}\r\n`;
   for (const [k, v] of headers) s += `${k}: ${v}\r\n`;
   return `${s}\r\n`;
 }
@@ -50,8 +55,12 @@ export function createTunnelHandler(deps: ForwardDeps) {
     const isConnect = req.method === 'CONNECT';
     const upgrade = isConnect ? undefined : (req.headers.upgrade ?? '');
     noDelay(socket);
-    const upReq: ClientRequest = openUpstream(deps.upstream, req, upgrade, isConnect ? req.url : undefined);
+    const framing = requestFraming(req);
+    const upReq: ClientRequest = openUpstream(deps.upstream, req, framing, upgrade, isConnect ? req.url : undefined);
     let answered = false;
+    // Bytes the client sent after its head (and after its body, if it announced one):
+    // tunnel data, replayed once coderd accepts the upgrade.
+    let early = head;
     socket.on('error', () => upReq.destroy());
     socket.once('close', () => {
       if (!answered) upReq.destroy();
@@ -64,7 +73,7 @@ export function createTunnelHandler(deps: ForwardDeps) {
       // Sec-WebSocket-Protocol/Extensions): pass it exactly as coderd sent it.
       socket.write(rawHead(upRes.statusCode ?? 101, upRes.statusMessage ?? '', toPairs(upRes.rawHeaders)));
       if (upHead.length) socket.write(upHead);
-      if (head.length) upSocket.write(head);
+      if (early.length) upSocket.write(early);
       metrics.openStreams.inc({ kind: 'tunnel' });
       splice(socket, upSocket, () => metrics.openStreams.dec({ kind: 'tunnel' }));
     };
@@ -85,19 +94,40 @@ export function createTunnelHandler(deps: ForwardDeps) {
       answered = true;
       const kind = classifyUpstreamError(err);
       metrics.upstreamErrors.inc({ kind });
-      log.warn('upstream upgrade failed', { kind, code: (err as { code?: string }).code ?? null, upgrade: upgrade ?? 'CONNECT' });
+      log.warn('upstream upgrade failed', { kind, code: (err as { code?: string }).code ?? null, upgrade: isConnect ? 'CONNECT' : logUpgrade(upgrade), path: logPath(req.url) });
       const { status, body } = upstreamFailure(kind, err);
-      const json = JSON.stringify(body);
-      const reason = status === 504 ? 'Gateway Timeout' : 'Bad Gateway';
-      socket.end(
-        rawHead(status, reason, [
-          ['Content-Type', 'application/json'],
-          ['Content-Length', String(Buffer.byteLength(json))],
-          ['Connection', 'close'],
-        ]) + json,
-      );
+      socket.end(rawCoderError(status, status === 504 ? 'Gateway Timeout' : 'Bad Gateway', body));
     });
-    upReq.end();
+    if (framing.kind === 'length') sendBody(Number(framing.length));
+    else upReq.end();
+
+    /**
+     * An upgrade request with a Content-Length body (curl's h2c upgrade on a POST): the body
+     * goes up first, as in any request, and only what follows it is tunnel data. Node's
+     * parser stops at an upgrade request's head, so the body is read off the socket here.
+     */
+    function sendBody(length: number): void {
+      let left = length;
+      const take = (chunk: Buffer) => {
+        const body = chunk.subarray(0, left);
+        left -= body.length;
+        early = chunk.subarray(body.length);
+        return body.length ? upReq.write(body) : true;
+      };
+      take(head);
+      if (left === 0) return void upReq.end();
+      const onData = (chunk: Buffer) => {
+        if (!take(chunk)) {
+          socket.pause();
+          upReq.once('drain', () => socket.resume());
+        }
+        if (left > 0) return;
+        socket.off('data', onData);
+        socket.pause();
+        upReq.end();
+      };
+      socket.on('data', onData);
+    }
   };
   return Object.assign(handler, {
     /** Closes every tunnel (both sides end: splice tears down the peer). */

@@ -4,7 +4,8 @@ import tls from 'node:tls';
 import type { Socket } from 'node:net';
 import type { IncomingMessage } from 'node:http';
 import type { Config } from '../config/index.js';
-import { upstreamRequestHeaders, toFlat } from './headers.js';
+import { upstreamRequestHeaders, toFlat, type Framing } from './headers.js';
+import { originForm } from './target.js';
 
 /** Where proxied requests go, with the keep-alive pool to get there. */
 export interface Upstream {
@@ -64,43 +65,39 @@ export const upstreamFrom = (config: Config): Upstream =>
     servername: config.upstreamServername,
   });
 
-/**
- * The request target to send upstream. A request in absolute form (`GET http://x/y`)
- * still goes to coderd only: the guard is not an open proxy, so only path and query are
- * kept; an origin-form target is forwarded byte for byte.
- */
-export function upstreamPath(target: string): string {
-  if (target.startsWith('/')) return target;
-  try {
-    const u = new URL(target);
-    return `${u.pathname}${u.search}`;
-  } catch {
-    return '/';
-  }
-}
-
 /** Methods Node's client sends without body framing when none is given. */
 const BODYLESS_BY_DEFAULT = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT']);
 
-/** Whether a request carries a body: only framing headers say so (RFC 9112 §6.3). */
-export const hasBody = (req: IncomingMessage): boolean =>
-  req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
+/**
+ * How the guard frames a request's body upstream, from what Node's parser validated
+ * (RFC 9112 §6.3): only framing says whether there is a body, whatever the method.
+ */
+export function requestFraming(req: IncomingMessage): Framing {
+  if (req.headers['transfer-encoding'] !== undefined) return { kind: 'chunked' };
+  const length = req.headers['content-length'];
+  if (length !== undefined) return { kind: 'length', length: length.trim() };
+  return { kind: 'none', zeroLength: !BODYLESS_BY_DEFAULT.has(req.method ?? 'GET') };
+}
+
+/** Whether a framing carries a body the guard must stream upstream. */
+export const hasBody = (framing: Framing): boolean => framing.kind !== 'none';
+
+/** Header bytes the guard accepts from coderd (as from clients): nothing is ever cut short. */
+export const MAX_HEADER_BYTES = 64 * 1024;
 
 /**
  * Starts the upstream request for an incoming one: same method, target and headers (less
  * hop-by-hop ones), on the pooled connection. The caller streams the body and handles the
  * response.
  */
-export function openUpstream(upstream: Upstream, req: IncomingMessage, upgrade?: string, connectTarget?: string): http.ClientRequest {
-  const chunked = req.headers['transfer-encoding'] !== undefined;
+export function openUpstream(upstream: Upstream, req: IncomingMessage, framing: Framing, upgrade?: string, connectTarget?: string): http.ClientRequest {
   const headers = upstreamRequestHeaders(req.rawHeaders, {
     remoteAddress: req.socket.remoteAddress,
     encrypted: Boolean((req.socket as { encrypted?: boolean }).encrypted),
     upstreamHost: upstream.hostPort,
     forwarded: upstream.forwardedHeaders,
     upgrade,
-    chunked,
-    emptyBodyNeedsLength: !hasBody(req) && !BODYLESS_BY_DEFAULT.has(req.method ?? 'GET'),
+    framing,
   });
   const upReq = upstream.request({
     protocol: upstream.url.protocol,
@@ -108,14 +105,18 @@ export function openUpstream(upstream: Upstream, req: IncomingMessage, upgrade?:
     port: upstream.url.port || undefined,
     method: req.method,
     // CONNECT carries an authority-form target; it too goes only to coderd.
-    path: connectTarget ?? upstreamPath(req.url ?? '/'),
+    path: connectTarget ?? originForm(req.url ?? '/'),
     // A flat raw array keeps order, case and repeats; Node sends it as given.
     headers: toFlat(headers) as unknown as http.OutgoingHttpHeaders,
     // An upgraded or CONNECT socket leaves the pool for good: give it its own connection
     // (with the same trust settings as the pool).
     ...(upgrade === undefined && connectTarget === undefined ? { agent: upstream.agent } : { agent: false, ...upstream.tlsOptions }),
     setHost: false,
+    maxHeaderSize: MAX_HEADER_BYTES,
   });
+  // Node's client keeps only the first ~1,000 response header lines by default and drops
+  // the rest silently (Content-Length among them): never relay a different response.
+  upReq.maxHeadersCount = 0;
   upReq.once('socket', (socket) => boundConnect(upReq, socket, upstream.connectTimeoutMs));
   return upReq;
 }

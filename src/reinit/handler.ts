@@ -2,10 +2,11 @@ import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { ReinitOutcome } from '../observability/metrics.js';
 import { writeCoderError, type CoderError } from '../proxy/errors.js';
-import { forward, relayResponse, streamBody, writeUpstreamHead, type ForwardDeps } from '../proxy/forward.js';
+import { cutConnection, endResponse, forward, relayResponse, writeUpstreamHead, type ForwardDeps } from '../proxy/forward.js';
 import type { Decider, Decision } from './decider.js';
-import { peekFirstEvent, type Peeked } from './peek.js';
+import { peekFirstEvent } from './peek.js';
 import { asReinitEvent, PREBUILD_CLAIMED } from './sse.js';
+import { UpstreamStream } from './upstream-stream.js';
 
 /** What the `/reinit` handler needs. */
 export interface ReinitDeps extends ForwardDeps {
@@ -40,42 +41,46 @@ export function createReinitHandler(deps: ReinitDeps) {
   const onResponse = async (upRes: IncomingMessage, res: ServerResponse, upReq: ClientRequest) => {
     if (!isEventStream(upRes)) {
       count({ outcome: 'upstream_status', reason: String(upRes.statusCode) });
-      relayResponse(upRes, res);
+      relayResponse(deps, upRes, res);
       return;
     }
     metrics.openStreams.inc({ kind: 'reinit' });
     res.once('close', () => metrics.openStreams.dec({ kind: 'reinit' }));
+    // From here on, coderd's body is read into `stream`: whatever coderd does during the
+    // peek and the decision (more bytes, a clean end, a reset) is kept as state.
+    const stream = new UpstreamStream(upRes, deps.peekMaxBytes);
 
-    const peeked = await peekFirstEvent(upRes, deps.peekMaxBytes, deps.peekTimeoutMs);
-    if (res.destroyed) return; // The agent left while we read; upReq is already released.
-    if (peeked.end !== 'event' || !peeked.event) return failOpen(upRes, res, peeked, `peek_${peeked.end}`);
+    const peeked = await peekFirstEvent(stream, deps.peekMaxBytes, deps.peekTimeoutMs);
+    if (res.destroyed) return stream.destroy(); // The agent left while we read.
+    if (peeked.end !== 'event' || !peeked.event) return failOpen(stream, res, `peek_${peeked.end}`);
 
     const event = asReinitEvent(peeked.event);
     if (!event || event.reason !== PREBUILD_CLAIMED) {
       count({ outcome: 'passed', reason: event ? 'other_reason' : 'no_seeded_event' });
       log.debug('reinit stream passed', { first_event: peeked.event.type });
-      return passPeeked(upRes, res, peeked);
+      return relayStream(deps, stream, res);
     }
 
     const id = event.workspace_id;
     if (deps.mode === 'observe') {
       // Observe never delays or alters the stream: decide beside it.
-      passPeeked(upRes, res, peeked);
+      relayStream(deps, stream, res);
       void timedDecide(id).then((d) => record(d, id, 'observe'));
       return;
     }
 
     const decision = await timedDecide(id);
-    if (res.destroyed) return;
+    if (res.destroyed) return stream.destroy();
     const action = record(decision, id, 'enforce');
     if (action === 'suppress') {
-      upReq.destroy(); // Close coderd's stream: it must not deliver the event later.
-      upRes.destroy();
+      stream.destroy(); // Close coderd's stream: it must not deliver the event later.
+      upReq.destroy();
       writeCoderError(res, 409, claimHandledError(id));
     } else if (action === 'hold') {
-      holdStream(upRes, res, peeked.bytes.subarray(peeked.event.end));
+      stream.discard(peeked.event.end);
+      relayStream(deps, stream, res, { lazyHead: true });
     } else {
-      passPeeked(upRes, res, peeked);
+      relayStream(deps, stream, res);
     }
   };
 
@@ -107,56 +112,37 @@ export function createReinitHandler(deps: ReinitDeps) {
     return verdict.action === 'suppress' || verdict.action === 'hold' ? verdict.action : 'pass';
   };
 
-  const failOpen = (upRes: IncomingMessage, res: ServerResponse, peeked: Peeked, reason: string) => {
+  const failOpen = (stream: UpstreamStream, res: ServerResponse, reason: string) => {
     count({ outcome: 'failed_open', reason });
-    log.warn('reinit stream passed without a decision', { outcome: 'failed_open', reason, bytes: peeked.bytes.length });
-    passPeeked(upRes, res, peeked);
+    log.warn('reinit stream passed without a decision', { outcome: 'failed_open', reason, bytes: stream.bytes.length });
+    relayStream(deps, stream, res);
   };
 
-  return (req: IncomingMessage, res: ServerResponse) => forward(deps, req, res, (upRes, r, upReq) => void onResponse(upRes, r, upReq));
-}
-
-/** Sends coderd's head and the exact bytes already read, then the rest of the stream. */
-function passPeeked(upRes: IncomingMessage, res: ServerResponse, peeked: Peeked): void {
-  if (peeked.end === 'ended') {
-    writeUpstreamHead(upRes, res);
-    res.end(peeked.bytes);
-  } else if (peeked.end === 'error') {
-    // coderd's stream broke while we read it: the agent sees the same break.
-    writeUpstreamHead(upRes, res);
-    res.write(peeked.bytes);
-    res.destroy();
-  } else {
-    relayResponse(upRes, res, peeked.bytes);
-  }
+  return (req: IncomingMessage, res: ServerResponse) => forward(deps, req, res, onResponse);
 }
 
 /**
- * Drops the seeded event and keeps the stream, as a fixed coderd waits on pubsub while
- * the claim build does not exist yet. Like coderd, nothing (not even the head) is sent
- * until the next write.
+ * Relays coderd's stream from where the guard stands: coderd's head, the bytes read and
+ * kept, then the rest as it comes, ending the agent's stream the way coderd ended it (a
+ * clean end, with trailers; or a cut connection). With `lazyHead` (a held stream: the
+ * seeded event was dropped) nothing, not even the head, is sent until coderd writes again
+ * or ends, as coderd itself sends nothing before its first write.
  */
-function holdStream(upRes: IncomingMessage, res: ServerResponse, rest: Buffer): void {
-  if (rest.length) {
-    relayResponse(upRes, res, rest);
-    return;
-  }
-  const start = (chunk?: Buffer) => {
-    upRes.off('end', onEnd);
-    writeUpstreamHead(upRes, res);
-    if (chunk) {
-      res.write(chunk);
-      streamBody(upRes, res);
-    } else res.end();
+function relayStream(deps: ForwardDeps, stream: UpstreamStream, res: ServerResponse, opts: { lazyHead?: boolean } = {}): void {
+  const upRes = stream.res;
+  let head: { trailers: boolean } | null = null;
+  const start = (): boolean => {
+    head ??= writeUpstreamHead(deps, upRes, res);
+    if (!head) stream.destroy();
+    return head !== null;
   };
-  const onEnd = () => start();
-  upRes.once('data', (chunk: Buffer) => {
-    upRes.pause();
-    start(chunk);
+  if (!opts.lazyHead && !start()) return;
+  stream.drain({
+    write: (chunk) => (start() ? res.write(chunk) : true),
+    onDrain: (resume) => res.on('drain', resume),
+    end: (state) => {
+      if (state === 'broken') return head ? cutConnection(res) : res.destroy();
+      if (start()) endResponse(res, upRes, (head as { trailers: boolean }).trailers);
+    },
   });
-  upRes.once('end', onEnd);
-  upRes.once('close', () => {
-    if (!res.headersSent) res.destroy();
-  });
-  upRes.resume(); // The peek paused it; a 'data' listener alone does not restart a paused stream.
 }

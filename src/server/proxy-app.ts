@@ -1,10 +1,13 @@
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import { Hono } from 'hono';
-import { getRequestListener, type HttpBindings } from '@hono/node-server';
+import type { HttpBindings } from '@hono/node-server';
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
-import { forward, pathOnly, type ForwardDeps } from '../proxy/forward.js';
+import { refusal } from '../proxy/admission.js';
+import { writeCoderError } from '../proxy/errors.js';
+import { failRequest, forward, type ForwardDeps } from '../proxy/forward.js';
+import { logPath } from '../proxy/target.js';
 import { createReinitHandler, type ReinitDeps } from '../reinit/handler.js';
-import { isReinitWait, REINIT_PATH } from '../reinit/wait.js';
+import { isReinitRoute, isReinitWait, REINIT_PATH } from '../reinit/wait.js';
 
 /** Dependencies of the proxied-traffic app; `reinit` is absent in mode off. */
 export interface ProxyAppDeps extends ForwardDeps {
@@ -28,29 +31,44 @@ export function createReinitApp(deps: ForwardDeps & { reinit: Omit<ReinitDeps, k
     else forward(deps, incoming, outgoing);
     return RESPONSE_ALREADY_SENT;
   });
+  app.onError((err, c) => {
+    failRequest(deps, 'reinit', c.env.incoming, c.env.outgoing, err);
+    return RESPONSE_ALREADY_SENT;
+  });
   return app;
 }
 
 /**
- * The request listener of the proxy port. `GET /reinit` goes through the Hono app (in
- * modes enforce and observe, unless retired); everything else goes straight to the
- * streaming forwarder. Two reasons, both about being invisible: building a Fetch `Request`
- * validates Host and the request target (a missing Host on HTTP/1.0, a backslash in a
- * path) and answers 400 where coderd would answer, and it costs time on every request of
- * the fleet (see bench/).
+ * The request listener of the proxy port. Requests coderd would route to its reinit
+ * handler go through the Hono app (in modes enforce and observe, unless retired), however
+ * their target is spelled; everything else goes straight to the streaming forwarder. The
+ * route is decided here, on the target as coderd normalises it, and the app is handed that
+ * route, not the raw target: building a Fetch `Request` from the raw target validates Host
+ * and the target and answers 400 where coderd would answer (a missing Host on HTTP/1.0, a
+ * backslash, an absolute form), and it would cost time on every request of the fleet.
  */
 export function createProxyListener(deps: ProxyAppDeps): RequestListener {
   const { reinit } = deps;
-  if (!reinit) return (req, res) => forward(deps, req, res);
-  const viaApp = getRequestListener(createReinitApp({ ...deps, reinit }).fetch, {
-    autoCleanupIncoming: false,
-    overrideGlobalObjects: false,
-    // HTTP/1.0 agents may omit Host; name coderd rather than refuse them.
-    hostname: deps.upstream.hostPort,
-  });
+  const app = reinit ? createReinitApp({ ...deps, reinit }) : null;
   const retired = deps.retired ?? (() => false);
-  return (req: IncomingMessage, res: ServerResponse) => {
-    if (req.method === 'GET' && !retired() && pathOnly(req.url) === REINIT_PATH) void viaApp(req, res);
-    else forward(deps, req, res);
+  const route = (req: IncomingMessage, res: ServerResponse) => {
+    const refused = refusal(req);
+    if (refused) {
+      deps.metrics.refused.inc({ reason: refused.reason });
+      deps.log.info('request refused', { reason: refused.reason, method: req.method ?? '', path: logPath(req.url) });
+      writeCoderError(res, refused.status, refused.body, true);
+    } else if (app && !retired() && isReinitRoute(req.method, req.url ?? '')) {
+      void app.fetch(new Request(`http://guard${REINIT_PATH}`), { incoming: req, outgoing: res });
+    } else forward(deps, req, res);
+  };
+  const onResponseError = (err: Error) => deps.log.debug('client response error', { code: (err as NodeJS.ErrnoException).code ?? null });
+  return (req, res) => {
+    // A write to a client that already left must never become an unhandled 'error'.
+    res.on('error', onResponseError);
+    try {
+      route(req, res);
+    } catch (err) {
+      failRequest(deps, 'request', req, res, err);
+    }
   };
 }

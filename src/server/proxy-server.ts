@@ -5,11 +5,26 @@ import type { AddressInfo } from 'node:net';
 import type { Config } from '../config/index.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
+import { refusal } from '../proxy/admission.js';
+import { rawCoderError } from '../proxy/errors.js';
+import { logPath } from '../proxy/target.js';
 import { createTunnelHandler } from '../proxy/tunnel.js';
+import { isReinitRoute } from '../reinit/wait.js';
 import type { Upstream } from '../proxy/upstream.js';
 import type { Decider } from '../reinit/decider.js';
 import { listen } from './listen.js';
 import { createProxyListener } from './proxy-app.js';
+
+/**
+ * An upgrade request with a chunked body: its end is only known by parsing the chunks,
+ * which Node's parser no longer does for an upgrade request. Refused rather than guessed;
+ * clients never send one (a Content-Length body is forwarded).
+ */
+const CHUNKED_UPGRADE = {
+  status: 400,
+  reason: 'chunked_upgrade' as const,
+  body: { message: 'Bad Request.', detail: 'An upgrade request cannot carry a chunked body through coder-reinit-guard.' },
+};
 
 /** The data plane: the proxy listener(s), the upgrade/CONNECT tunnel and the upstream pool. */
 export interface ProxyServer {
@@ -45,19 +60,67 @@ export async function startProxyServer(
   };
   const listener = createProxyListener({ ...deps, reinit, retired: opts.retired });
   const tunnel = createTunnelHandler(deps);
+  /**
+   * Upgrades and CONNECT. Refused requests are answered on the raw socket; a request coderd
+   * would route to its reinit handler is never tunnelled (an `Upgrade` header must not be a
+   * way around the inspection): it is served as the plain request coderd sees it as.
+   */
+  const onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+    socket.on('error', () => {});
+    try {
+      const refused = refusal(req) ?? (req.headers['transfer-encoding'] !== undefined ? CHUNKED_UPGRADE : null);
+      if (refused) {
+        metrics.refused.inc({ reason: refused.reason });
+        log.info('request refused', { reason: refused.reason, method: req.method ?? '', path: logPath(req.url) });
+        socket.end(rawCoderError(refused.status, http.STATUS_CODES[refused.status] ?? '', refused.body));
+      } else if (isReinitRoute(req.method, req.url ?? '')) serveAsPlainRequest(listener, req, socket);
+      else tunnel(req, socket, head);
+    } catch (err) {
+      metrics.internalErrors.inc({ where: 'upgrade' });
+      log.error('request failed inside the guard', { where: 'upgrade', error: (err as NodeJS.ErrnoException).code ?? 'unknown', method: req.method ?? '', path: logPath(req.url) });
+      socket.destroy();
+    }
+  };
+  /**
+   * A request Node's parser refuses. Like Node's own handler, a response already on its way
+   * for an earlier request on the connection is never corrupted: it finishes first, then
+   * the refusal is sent and the connection closed (nginx answers pipelined garbage the
+   * same way). An error inside the body of the request being answered ends that request.
+   * Data after an HTTP/1.0 request that asked to close the connection
+   * (HPE_CLOSED_CONNECTION) is ignored: the connection closes after that response.
+   */
   const onClientError = (err: NodeJS.ErrnoException, socket: Duplex) => {
     log.debug('client error', { code: err.code ?? null });
-    if (!socket.writable) return socket.destroy();
     const status =
       err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large'
       : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout'
       : '400 Bad Request';
-    socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+    const refuse = () => (socket.writable ? socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`) : socket.destroy());
+    const inflight = (socket as { _httpMessage?: http.ServerResponse | null })._httpMessage;
+    if (!inflight || inflight.writableFinished) {
+      if (err.code === 'HPE_CLOSED_CONNECTION') socket.end();
+      else refuse();
+      return;
+    }
+    if (!inflight.req.complete) {
+      // The error is inside this request's own body (a bad chunk): it cannot be completed.
+      // Closing the connection releases its upstream request.
+      return inflight.headersSent ? socket.destroy() : refuse();
+    }
+    inflight.once('close', () => {
+      if (!inflight.writableFinished) socket.destroy();
+      else if (err.code === 'HPE_CLOSED_CONNECTION') socket.end();
+      else refuse();
+    });
   };
   const wire = <S extends http.Server>(server: S): S => {
-    server.on('upgrade', tunnel);
-    server.on('connect', tunnel);
+    server.on('upgrade', onUpgrade);
+    server.on('connect', onUpgrade);
     server.on('clientError', onClientError);
+    // Node keeps only the first ~1,000 header lines by default and drops the rest silently
+    // (a Content-Length among them): a different request would be forwarded. Header bytes
+    // stay bounded by maxHeaderSize (431 past it).
+    server.maxHeadersCount = 0;
     return server;
   };
   const servers: http.Server[] = [wire(http.createServer(serverOptions, listener))];
@@ -86,4 +149,30 @@ export async function startProxyServer(
       upstream.agent.destroy();
     },
   };
+}
+
+/**
+ * Serves an upgrade request as a plain HTTP request on its raw socket (Node hands upgrade
+ * requests to 'upgrade' listeners without a response object): the response is written
+ * through a ServerResponse bound to the socket, and the connection closes after it, since
+ * whatever the client sent after the head is not read. Its body, if it announced one, is
+ * refused: the parser no longer reads it.
+ */
+function serveAsPlainRequest(listener: http.RequestListener, req: http.IncomingMessage, socket: Duplex): void {
+  const res = new http.ServerResponse(req);
+  res.shouldKeepAlive = false;
+  res.assignSocket(socket as import('node:net').Socket);
+  res.once('finish', () => {
+    res.detachSocket(socket as import('node:net').Socket);
+    socket.end();
+  });
+  const length = req.headers['content-length'];
+  if (req.headers['transfer-encoding'] !== undefined || (length !== undefined && Number(length) !== 0)) {
+    socket.end(rawCoderError(400, 'Bad Request', { message: 'Bad Request.', detail: 'An upgrade request to this path cannot carry a body.' }));
+    return;
+  }
+  // Node marked the request complete-less (its parser stopped at the head): end it, so the
+  // forwarder sees a bodiless GET.
+  req.push(null);
+  listener(req, res);
 }

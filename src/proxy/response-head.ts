@@ -1,0 +1,69 @@
+import { STATUS_CODES, validateHeaderName, validateHeaderValue, type IncomingMessage, type ServerResponse } from 'node:http';
+import { clientResponseHeaders, type HeaderPair } from './headers.js';
+
+/**
+ * coderd's response head, checked against everything Node's `writeHead` would refuse
+ * (and throw on, inside an event handler, ending the process), and mapped the way Go's
+ * `httputil.ReverseProxy` and nginx answer such responses:
+ * - a status Node cannot write (below 100: `099`): 502;
+ * - `101` to a request that asked for no upgrade: 502 (the client would hang waiting);
+ * - a header name or value Node refuses: 502 (a response missing a header is a different
+ *   response);
+ * - a reason phrase Node refuses (a control byte, DEL): the standard phrase instead;
+ * - a `Trailer` declaration that cannot be honoured (an HTTP/1.0 client, HEAD, 204, 304, a
+ *   `Content-Length` body: no chunked encoding, so no trailer section): dropped, as Go
+ *   drops trailers it cannot deliver.
+ */
+export type ResponseHead =
+  | { ok: true; status: number; reason: string; headers: HeaderPair[]; trailers: boolean }
+  | { ok: false; problem: ResponseHeadProblem };
+
+/** Why a response head cannot be relayed (a metrics label). */
+export type ResponseHeadProblem = 'invalid_status' | 'unrequested_upgrade' | 'invalid_header';
+
+/** What Node's `checkInvalidHeaderChar` refuses: anything but HTAB, SP..~ and obs-text. */
+const INVALID_TEXT = /[^\t\x20-\x7e\x80-\xff]/;
+
+const lower = (s: string) => s.toLowerCase();
+
+/**
+ * Whether Node will send this response chunked, which is the only way a trailer section
+ * can follow (`OutgoingMessage._storeHeader`): a body is allowed, no Content-Length was
+ * given, and the client can take chunked encoding (HTTP/1.1, or 1.0 with `TE: chunked`).
+ */
+function willChunk(req: IncomingMessage, res: ServerResponse, status: number, headers: readonly HeaderPair[]): boolean {
+  if (req.method === 'HEAD' || status === 204 || status === 304) return false;
+  if (!(res as unknown as { useChunkedEncodingByDefault: boolean }).useChunkedEncodingByDefault) return false;
+  return !headers.some(([k]) => lower(k) === 'content-length');
+}
+
+const isValidHeader = ([name, value]: HeaderPair): boolean => {
+  try {
+    validateHeaderName(name);
+    validateHeaderValue(name, value);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/**
+ * Builds the head the guard writes to the client for coderd's response, or says why it
+ * cannot be relayed.
+ *
+ * @example
+ * const head = responseHead(req, res, upRes);
+ * if (head.ok) res.writeHead(head.status, head.reason, toFlat(head.headers));
+ */
+export function responseHead(req: IncomingMessage, res: ServerResponse, upRes: IncomingMessage): ResponseHead {
+  const status = upRes.statusCode ?? 0;
+  if (status === 101) return { ok: false, problem: 'unrequested_upgrade' };
+  if (status < 100 || status > 999) return { ok: false, problem: 'invalid_status' };
+  let headers = clientResponseHeaders(upRes.rawHeaders);
+  if (!headers.every(isValidHeader)) return { ok: false, problem: 'invalid_header' };
+  const message = upRes.statusMessage ?? '';
+  const reason = INVALID_TEXT.test(message) ? (STATUS_CODES[status] ?? '') : message;
+  const trailers = willChunk(req, res, status, headers);
+  if (!trailers) headers = headers.filter(([k]) => lower(k) !== 'trailer');
+  return { ok: true, status, reason, headers, trailers };
+}
