@@ -1,6 +1,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import postgres from 'postgres';
+import { goQueryGet, rawQuery, routePath } from '../src/proxy/target.js';
 import { PREBUILDS_USER_ID } from '../src/reinit/verdict.js';
 
 /**
@@ -60,7 +61,7 @@ export async function startCoderdStandin(opts: StandinOptions): Promise<Standin>
   const version = opts.version ?? 'v2.34.5+abc1234';
   const state = { reinitRequests: 0 };
 
-  const reinit = async (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => {
+  const reinit = async (req: http.IncomingMessage, res: http.ServerResponse, url: URL, wait: string | null) => {
     state.reinitRequests++;
     const token = sessionToken(req, url);
     const uuidish = token && /^[0-9a-f-]{36}$/i.test(token) ? token : null;
@@ -82,7 +83,7 @@ export async function startCoderdStandin(opts: StandinOptions): Promise<Standin>
     let seeded: string | null = null;
 
     // 3-4. The durable check, only with wait=true and a workspace no longer a prebuild.
-    if (parseBool(url.searchParams.get('wait')) && ws.owner_id !== PREBUILDS_USER_ID) {
+    if (parseBool(wait) && ws.owner_id !== PREBUILDS_USER_ID) {
       const [first] = await sql<{ initiator_id: string }[]>`
         SELECT initiator_id FROM workspace_builds WHERE workspace_id = ${ws.id} AND build_number = 1`;
       if (!first || first.initiator_id !== PREBUILDS_USER_ID) {
@@ -119,13 +120,22 @@ export async function startCoderdStandin(opts: StandinOptions): Promise<Standin>
   };
 
   const server = http.createServer((req, res) => {
-    const url = new URL(req.url ?? '/', 'http://standin');
-    if (req.method === 'GET' && url.pathname === '/api/v2/workspaceagents/me/reinit') {
-      reinit(req, res, url).catch((err: unknown) => {
+    const target = req.url ?? '/';
+    let url: URL;
+    try {
+      url = new URL(target.startsWith('/') ? `http://standin${target}` : target);
+    } catch {
+      return writeJson(res, 400, { message: 'Bad Request.', detail: '' });
+    }
+    // coderd routes on the decoded path after collapsing slashes (singleSlashMW), and reads
+    // `wait` with Go's query parser: the same rules the guard routes by.
+    const path = routePath(target);
+    if (req.method === 'GET' && path === '/api/v2/workspaceagents/me/reinit') {
+      reinit(req, res, url, goQueryGet(rawQuery(target), 'wait')).catch((err: unknown) => {
         if (!res.headersSent) writeJson(res, 500, { message: 'Internal error.', detail: String(err) });
         else res.destroy();
       });
-    } else if (url.pathname === '/api/v2/buildinfo') {
+    } else if (path === '/api/v2/buildinfo') {
       writeJson(res, 200, { external_url: 'https://github.com/coder/coder', version, dashboard_url: '', telemetry: false, workspace_proxy: false, deployment_id: 'standin' });
     } else {
       writeJson(res, 404, { message: 'Route not found.', detail: '' });

@@ -118,6 +118,9 @@ export async function startEchoUpstream(opts: { port?: number } = {}): Promise<E
     }
   });
 
+  // Like coderd (Go takes up to 1 MB of headers), never drop header lines.
+  server.maxHeadersCount = 0;
+
   server.on('upgrade', (req, socket, head) => {
     const url = new URL(req.url ?? '/', 'http://x');
     if (url.pathname === '/reject') {

@@ -1,15 +1,15 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { freePort } from '../../testkit/pg.js';
+import { freePort } from './pg.js';
 
 export { freePort };
-export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
-/** A process the bench started, with its output kept for errors. */
+/** A process a test or the bench started, with its output kept for errors. */
 export interface Proc {
   name: string;
   child: ChildProcess;
@@ -87,12 +87,21 @@ export async function start(name: string, cmd: string, args: string[], port: num
 export const startNode = (name: string, file: string, port: number, env: Record<string, string> = {}) =>
   start(name, process.execPath, ['--import', 'tsx', file], port, { PORT: String(port), ...env });
 
-/** Starts nginx (one worker) in the foreground with a config body for its `http` block. */
-export async function startNginx(name: string, port: number, httpBlock: string): Promise<Proc> {
-  const dir = path.join(os.tmpdir(), `crg-bench-nginx-${name}-${process.pid}`);
-  mkdirSync(path.join(dir, 'logs'), { recursive: true });
+let nginxRuns = 0;
+
+/**
+ * Starts nginx in the foreground with a config body for its `http` block; `workers` sets
+ * `worker_processes` (1 by default). Its files live in a fresh folder that its workers
+ * (an unprivileged user when started as root) may write to.
+ */
+export async function startNginx(name: string, port: number, httpBlock: string, opts: { workers?: number } = {}): Promise<Proc> {
+  const dir = path.join(os.tmpdir(), `crg-nginx-${name}-${process.pid}-${++nginxRuns}`);
+  for (const sub of ['', 'logs', 'body', 'proxy']) {
+    mkdirSync(path.join(dir, sub), { recursive: true });
+    chmodSync(path.join(dir, sub), 0o777);
+  }
   const conf = `
-worker_processes 1;
+worker_processes ${opts.workers ?? 1};
 daemon off;
 pid ${dir}/nginx.pid;
 error_log ${dir}/logs/error.log warn;
