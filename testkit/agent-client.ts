@@ -21,6 +21,11 @@ export interface ReinitClientOptions {
   until?: (body: string) => boolean;
   /** Give up reading after this many ms (default 5000). */
   timeoutMs?: number;
+  /**
+   * Resolve with `stopped: 'timeout'` when `timeoutMs` passes; by default a timeout rejects,
+   * so a test can never mistake a hung stream for an answer.
+   */
+  allowTimeout?: boolean;
   /** Extra query string (appended as is). */
   extraQuery?: string;
   headers?: Record<string, string>;
@@ -62,7 +67,12 @@ export function connectReinit(baseUrl: string, token: string, opts: ReinitClient
         });
         req.destroy();
       };
-      const timer = setTimeout(() => finish('timeout'), opts.timeoutMs ?? 5000);
+      const timer = setTimeout(() => {
+        if (opts.allowTimeout) return finish('timeout');
+        done = true;
+        req.destroy();
+        reject(new Error(`no end of the /reinit stream within ${opts.timeoutMs ?? 5000}ms; got ${Buffer.concat(chunks).length} bytes`));
+      }, opts.timeoutMs ?? 5000);
       res.on('data', (c: Buffer) => {
         chunks.push(c);
         if (until(Buffer.concat(chunks).toString('utf8'))) finish(opts.until ? 'until' : 'data_event');
@@ -72,3 +82,11 @@ export function connectReinit(baseUrl: string, token: string, opts: ReinitClient
     });
   });
 }
+
+/**
+ * Whether the agent received coderd's seeded claim for `workspaceId`, whole: the stream
+ * stopped at a complete data event carrying it (a fail-open must deliver the event, not just
+ * a 200).
+ */
+export const receivedClaim = (r: ReinitResult, workspaceId: string): boolean =>
+  r.status === 200 && r.stopped === 'data_event' && r.body.toString().includes(`"workspace_id":"${workspaceId}","reason":"prebuild_claimed"`);

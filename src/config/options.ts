@@ -53,6 +53,8 @@ export interface Config {
   retireAt: string | undefined;
   /** How often coderd's buildinfo is read. */
   retirePollMs: number;
+  /** How often coderd and the database are probed (information, never readiness). */
+  probeIntervalMs: number;
   /** A second, TLS listener for proxied traffic (clients that reached coderd on 443). */
   tlsListen: HostPort | undefined;
   tlsCert: string | undefined;
@@ -81,6 +83,7 @@ export const DEFAULT_UPSTREAM_CONNECT_TIMEOUT = '10s';
 export const DEFAULT_WORKERS = '1';
 export const DEFAULT_SHUTDOWN_GRACE = '10s';
 export const DEFAULT_RETIRE_POLL = '1m';
+export const DEFAULT_PROBE_INTERVAL = '10s';
 
 const parseServername = (raw: string): Parsed<string> =>
   /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/i.test(raw.trim()) ? { ok: true, value: raw.trim() } : { ok: false, rule: 'use a DNS name such as coder.example.com' };
@@ -141,6 +144,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   option({ env: 'REINIT_GUARD_SHUTDOWN_GRACE', key: 'shutdownGraceMs', doc: 'on SIGTERM, how long in-flight requests may take to finish before streams and tunnels are closed', default: DEFAULT_SHUTDOWN_GRACE, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_RETIRE_AT', key: 'retireAt', doc: "semver range of coderd versions that carry the fix (e.g. >=2.34.6); when coderd's buildinfo matches, the guard behaves as off and says it can be removed", parse: parseRange }),
   option({ env: 'REINIT_GUARD_RETIRE_POLL', key: 'retirePollMs', doc: "how often coderd's /api/v2/buildinfo is read (for the version in metrics and retirement)", default: DEFAULT_RETIRE_POLL, parse: parseDuration }),
+  option({ env: 'REINIT_GUARD_PROBE_INTERVAL', key: 'probeIntervalMs', doc: 'how often coderd and the database are probed for /readyz, coder_reinit_guard_dependency_up and the log (never for readiness)', default: DEFAULT_PROBE_INTERVAL, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_TLS_LISTEN', key: 'tlsListen', doc: 'host:port of an additional TLS listener for proxied traffic (needs REINIT_GUARD_TLS_CERT_FILE and REINIT_GUARD_TLS_KEY_FILE)', parse: parseHostPort }),
   option({ env: 'REINIT_GUARD_TLS_CERT_FILE', key: 'tlsCert', doc: 'PEM certificate chain for the TLS listener', parse: readPemFile }),
   option({ env: 'REINIT_GUARD_TLS_KEY_FILE', key: 'tlsKey', doc: 'PEM private key for the TLS listener', parse: readKeyFile }),

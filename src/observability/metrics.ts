@@ -24,6 +24,7 @@ export interface Metrics {
   openStreams: Gauge<'kind'>;
   info: Gauge<'version' | 'mode' | 'coderd_version'>;
   retired: Gauge;
+  dependencyUp: Gauge<'dependency'>;
 }
 
 /** Creates the metrics; `defaults` adds Node's process metrics (off in tests). */
@@ -93,6 +94,13 @@ export function createMetrics(defaults = true): Metrics {
       labelNames: ['version', 'mode', 'coderd_version'],
       registers,
       // Summed over cluster workers it would read N; only the primary sets it.
+      aggregator: 'max',
+    }),
+    dependencyUp: new Gauge({
+      name: 'coder_reinit_guard_dependency_up',
+      help: '1 while the dependency (coderd, database) answered its last probe, else 0. Information only: readiness does not depend on it (the guard fails open).',
+      labelNames: ['dependency'],
+      registers,
       aggregator: 'max',
     }),
     retired: new Gauge({

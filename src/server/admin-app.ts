@@ -1,9 +1,11 @@
 import { Hono } from 'hono';
+import type { DependencyState } from '../lifecycle/dependencies.js';
 
-/** One readiness check's result. */
-export interface CheckResult {
+/** Whether this pod can proxy, with the facts behind the answer. */
+export interface ProxyingState {
   ok: boolean;
-  detail?: string;
+  /** Shown in /readyz, e.g. `{ listening: true }` or `{ workers: 2, listening: 1 }`. */
+  detail: Record<string, unknown>;
 }
 
 /** Dependencies of the admin app. */
@@ -11,29 +13,32 @@ export interface AdminAppDeps {
   /** Prometheus text of the guard's metrics. */
   metrics: () => Promise<string>;
   contentType: string;
-  /** Named readiness checks; all must pass. */
-  checks: Record<string, () => Promise<CheckResult>>;
-  /** True once shutdown began: not ready, so load balancers drain the pod. */
+  /** Whether the proxy listener (or at least one worker) accepts traffic. */
+  proxying: () => ProxyingState;
+  /** True once shutdown began: not ready, so load balancers drain the pod at once. */
   draining: () => boolean;
+  /** What the guard last learned of coderd and its database: shown, never gating. */
+  dependencies: () => Record<string, DependencyState>;
   /** Extra facts shown by /readyz (mode, retirement). */
   info?: () => Record<string, unknown>;
 }
 
 /**
- * The admin application: `/healthz` (the process serves), `/readyz` (it can do its job:
- * upstream reachable, database reachable unless mode is off, not draining) and
- * `/metrics` (Prometheus text).
+ * The admin application: `/healthz` (the process serves), `/readyz` (this pod can proxy:
+ * it listens, its workers are up, it is not draining) and `/metrics` (Prometheus text).
+ * Readiness deliberately ignores coderd and the database: the guard fails open without its
+ * database and answers 502 in coderd's shape without coderd, and every replica shares both,
+ * so gating on them would pull every replica out of the `coder` Service at once. Their
+ * state is in the body, in `coder_reinit_guard_dependency_up` and in the log.
  */
 export function createAdminApp(deps: AdminAppDeps) {
   const app = new Hono();
   app.get('/healthz', (c) => c.json({ status: 'ok' }));
-  app.get('/readyz', async (c) => {
-    const names = Object.keys(deps.checks);
-    const results = await Promise.all(names.map((n) => deps.checks[n]!().catch((e: unknown) => ({ ok: false, detail: String(e) }))));
-    const checks = Object.fromEntries(names.map((n, i) => [n, results[i]]));
+  app.get('/readyz', (c) => {
+    const proxy = deps.proxying();
     const draining = deps.draining();
-    const ready = !draining && results.every((r) => r.ok);
-    return c.json({ ready, draining, checks, ...deps.info?.() }, ready ? 200 : 503);
+    const ready = proxy.ok && !draining;
+    return c.json({ ready, draining, proxy: proxy.detail, dependencies: deps.dependencies(), ...deps.info?.() }, ready ? 200 : 503);
   });
   app.get('/metrics', async (c) => {
     c.header('Content-Type', deps.contentType);

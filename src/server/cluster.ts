@@ -20,13 +20,15 @@ type Msg =
   | { t: 'metrics?'; id: number }
   | { t: 'metrics'; id: number; json: MetricObjectWithValues<MetricValue<string>>[] }
   | { t: 'shutdown'; graceMs: number }
-  | { t: 'retired'; retired: boolean };
+  | { t: 'retired'; retired: boolean }
+  | { t: 'retired?' };
 
 /** Runs the cluster primary: control plane plus `config.workers` forked workers. */
 export async function runPrimary(config: Config, log: Logger, graceMs: number): Promise<{ stop(): Promise<void> }> {
   const metrics = createMetrics();
   const upstream = upstreamFrom(config);
   const workers = new Set<Worker>();
+  const listening = new Set<Worker>();
   let stopping = false;
   let seq = 0;
   const pendingMetrics = new Map<number, { left: number; parts: MetricObjectWithValues<MetricValue<string>>[][]; done: () => void }>();
@@ -54,18 +56,26 @@ export async function runPrimary(config: Config, log: Logger, graceMs: number): 
     onRetirement: ({ retired }) => {
       for (const w of workers) if (w.isConnected()) w.send({ t: 'retired', retired } satisfies Msg);
     },
+    // Ready while at least one worker accepts traffic: a worker being replaced leaves the
+    // others serving, so the pod stays in the Service.
+    proxying: () => ({ ok: listening.size > 0, detail: { workers: config.workers, listening: listening.size } }),
   });
 
   const fork = () => {
     const w = cluster.fork();
     workers.add(w);
-    w.once('online', () => w.send({ t: 'retired', retired: control.retirement().retired } satisfies Msg));
-    const listening = new Promise<void>((resolve, reject) => {
-      w.once('listening', () => resolve());
+    const ready = new Promise<void>((resolve, reject) => {
+      w.once('listening', () => {
+        listening.add(w);
+        resolve();
+      });
       w.once('exit', (code) => reject(new Error(`proxy worker exited with ${code} before listening`)));
     });
     w.on('message', (m: Msg) => {
-      if (m.t === 'decide' && control.decider) {
+      // A worker asks once its own listener is registered, so the answer cannot be lost
+      // (a message pushed before that, on 'online', was).
+      if (m.t === 'retired?') w.send({ t: 'retired', retired: control.retirement().retired } satisfies Msg);
+      else if (m.t === 'decide' && control.decider) {
         void control.decider.decide(m.workspaceId).then((decision) => w.isConnected() && w.send({ t: 'decision', id: m.id, decision } satisfies Msg));
       } else if (m.t === 'metrics') {
         const entry = pendingMetrics.get(m.id);
@@ -77,11 +87,12 @@ export async function runPrimary(config: Config, log: Logger, graceMs: number): 
     });
     w.once('exit', (code, signal) => {
       workers.delete(w);
+      listening.delete(w);
       if (stopping) return;
       log.error('proxy worker exited; starting another', { code: code ?? null, signal: signal ?? null });
       void fork().catch(() => {});
     });
-    return listening;
+    return ready;
   };
   // Ready (and "started" logged) only once every worker accepts traffic.
   await Promise.all(Array.from({ length: config.workers }, fork));
@@ -141,6 +152,9 @@ export async function runWorker(config: Config, log: Logger): Promise<void> {
       void proxy.close(m.graceMs).then(() => process.exit(0));
     }
   });
+  // Pull the current retirement state now that the listener above can receive it; later
+  // changes are pushed.
+  process.send?.({ t: 'retired?' } satisfies Msg);
   // The primary handles signals for the whole guard.
   process.on('SIGTERM', () => {});
   process.on('SIGINT', () => {});

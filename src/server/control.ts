@@ -4,13 +4,14 @@ import { getRequestListener } from '@hono/node-server';
 import type { Config } from '../config/index.js';
 import { createDbClient, type Sql } from '../db/client.js';
 import { createQueries } from '../db/queries.js';
+import { watchDependencies, type ProbeResult } from '../lifecycle/dependencies.js';
 import { requestBuildinfo, watchRetirement, type RetirementState } from '../lifecycle/retirement.js';
 import { GUARD_VERSION } from '../lifecycle/version.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Upstream } from '../proxy/upstream.js';
-import { createDecider, type Decider } from '../reinit/decider.js';
-import { createAdminApp, type CheckResult } from './admin-app.js';
+import { classifyDbError, createDecider, type Decider } from '../reinit/decider.js';
+import { createAdminApp, type ProxyingState } from './admin-app.js';
 import { listen } from './listen.js';
 
 /**
@@ -36,6 +37,8 @@ export interface ControlOptions {
   metricsText?: () => Promise<string>;
   /** Told whenever coderd's version or the retirement state changes. */
   onRetirement?: (state: RetirementState) => void;
+  /** Whether the proxy listener, or at least one worker, accepts traffic (readiness). */
+  proxying: () => ProxyingState;
 }
 
 const withTimeout = <T>(p: Promise<T>, ms: number, what: string) =>
@@ -46,7 +49,7 @@ export async function startControlPlane(config: Config, opts: ControlOptions): P
   const { metrics } = opts;
   let sql: Sql | null = null;
   let decider: Decider | null = null;
-  const checks: Record<string, () => Promise<CheckResult>> = { upstream: () => probeUpstream(opts.upstream) };
+  const probes: Record<string, () => Promise<ProbeResult>> = { coderd: () => probeUpstream(opts.upstream) };
   if (config.mode !== 'off') {
     sql = createDbClient({
       url: config.pgUrl as string,
@@ -64,7 +67,11 @@ export async function startControlPlane(config: Config, opts: ControlOptions): P
       maxConcurrent: config.dbPoolSize,
       onCache: (result) => metrics.cache.inc({ result }),
     });
-    checks.database = () => withTimeout(queries.ping(), config.dbTimeoutMs, 'database ping').then(() => ({ ok: true }));
+    probes.database = () =>
+      withTimeout(queries.ping(), config.dbTimeoutMs, 'database ping').then(
+        () => ({ ok: true }),
+        (err: unknown) => ({ ok: false, detail: classifyDbError(err).detail }),
+      );
   }
 
   const setInfo = (coderdVersion: string | null) => {
@@ -84,12 +91,20 @@ export async function startControlPlane(config: Config, opts: ControlOptions): P
     },
   });
 
+  const dependencies = watchDependencies({
+    probes,
+    intervalMs: config.probeIntervalMs,
+    log: opts.log,
+    onProbe: (name, state) => metrics.dependencyUp.set({ dependency: name }, state.up ? 1 : 0),
+  });
+
   let draining = false;
   const app = createAdminApp({
     metrics: opts.metricsText ?? (() => metrics.registry.metrics()),
     contentType: metrics.registry.contentType,
-    checks,
+    proxying: opts.proxying,
     draining: () => draining,
+    dependencies: dependencies.state,
     info: () => {
       const { coderdVersion, retired } = watcher.state();
       return {
@@ -114,6 +129,7 @@ export async function startControlPlane(config: Config, opts: ControlOptions): P
     },
     async close() {
       watcher.stop();
+      dependencies.stop();
       await new Promise<void>((resolve) => {
         admin.close(() => resolve());
         admin.closeAllConnections();
@@ -123,8 +139,8 @@ export async function startControlPlane(config: Config, opts: ControlOptions): P
   };
 }
 
-/** Readiness of coderd: any HTTP answer below 500 from /api/v2/buildinfo within 2 s. */
-async function probeUpstream(upstream: Upstream): Promise<CheckResult> {
+/** coderd is up when /api/v2/buildinfo gives any HTTP answer below 500 within 2 s. */
+async function probeUpstream(upstream: Upstream): Promise<ProbeResult> {
   const r = await requestBuildinfo(upstream, 2000);
   if (!r.ok) return { ok: false, detail: `unreachable: ${r.code}` };
   return r.status < 500 ? { ok: true } : { ok: false, detail: `buildinfo answered ${r.status}` };

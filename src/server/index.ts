@@ -28,7 +28,8 @@ export interface StartOptions {
 export async function startGuard(config: Config, opts: StartOptions): Promise<Guard> {
   const metrics = opts.metrics ?? createMetrics();
   const upstream = upstreamFrom(config);
-  const control = await startControlPlane(config, { metrics, upstream, log: opts.log });
+  let listening = false;
+  const control = await startControlPlane(config, { metrics, upstream, log: opts.log, proxying: () => ({ ok: listening, detail: { listening } }) });
   const proxy = await startProxyServer(config, {
     log: opts.log,
     metrics,
@@ -36,6 +37,7 @@ export async function startGuard(config: Config, opts: StartOptions): Promise<Gu
     decider: control.decider,
     retired: () => control.retirement().retired,
   });
+  listening = true;
   return {
     proxyAddress: proxy.address,
     tlsAddress: proxy.tlsAddress,

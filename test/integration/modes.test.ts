@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import postgres from 'postgres';
 import { createDbClient } from '../../src/db/client.js';
 import { PREBUILDS_USER_ID, STAGE } from '../../src/reinit/verdict.js';
-import { connectReinit } from '../../testkit/agent-client.js';
+import { connectReinit, receivedClaim } from '../../testkit/agent-client.js';
 import { startCoderdStandin, type Standin } from '../../testkit/coderd-standin.js';
 import { addAgent, addBuild, createUser, createWorkspace, seedScenario, type Seeded } from '../../testkit/fixtures.js';
 import { freshDatabase, startTestGuard, type TestGuard } from '../support/env.js';
@@ -69,8 +69,8 @@ describe('off mode', () => {
     const r = await connectReinit(g.url, longClaimed.token);
     expect(r.status).toBe(200);
     expect(r.body.toString()).toContain('"reason":"prebuild_claimed"');
-    const ready = await fetch(`${g.adminUrl}/readyz`).then((x) => x.json() as Promise<{ checks: Record<string, unknown> }>);
-    expect(Object.keys(ready.checks)).toEqual(['upstream']);
+    const ready = await fetch(`${g.adminUrl}/readyz`).then((x) => x.json() as Promise<{ dependencies: Record<string, unknown> }>);
+    expect(Object.keys(ready.dependencies)).toEqual(['coderd']);
     expect(sink.sockets).toHaveLength(0);
   });
 });
@@ -87,8 +87,7 @@ describe('database failures fail open within the deadline', () => {
     const port = await portOf();
     const g = await start({ REINIT_GUARD_PG_URL: `postgres://guard:hunter2@127.0.0.1:${port}/coder`, REINIT_GUARD_DB_TIMEOUT: '400ms', REINIT_GUARD_DB_CONNECT_TIMEOUT: '1s' });
     const r = await connectReinit(g.url, longClaimed.token);
-    expect(r.status).toBe(200);
-    expect(r.body.toString()).toContain('"reason":"prebuild_claimed"');
+    expect(receivedClaim(r, longClaimed.workspaceId)).toBe(true);
     expect(r.totalMs).toBeLessThan(400 + 600);
     expect(await g.metric('coder_reinit_guard_reinit_requests_total', { outcome: 'failed_open' })).toBe(1);
     const line = g.logs.entries().find((e) => e.outcome === 'failed_open');
@@ -104,7 +103,7 @@ describe('database failures fail open within the deadline', () => {
     const { jobId } = await addBuild(db.sql, ws, { initiator: user, input: { prebuild_claimed_by: user } });
     const token = await addAgent(db.sql, jobId);
     const r = await connectReinit(g.url, token);
-    expect(r.status).toBe(200);
+    expect(receivedClaim(r, ws)).toBe(true);
     expect(g.logs.entries().find((e) => e.workspace_id === ws)).toMatchObject({ outcome: 'failed_open', reason: 'legacy_input_keys' });
   });
 
@@ -148,7 +147,7 @@ describe('database access', () => {
     url.username = role;
     url.password = password;
     const g = await start({ REINIT_GUARD_PG_URL: url.toString() });
-    expect((await connectReinit(g.url, longClaimed.token)).status).toBe(200);
+    expect(receivedClaim(await connectReinit(g.url, longClaimed.token), longClaimed.workspaceId)).toBe(true);
     const line = g.logs.entries().find((e) => e.outcome === 'failed_open');
     expect(line).toMatchObject({ reason: 'db_privilege' });
     expect(String(line?.detail)).toContain('permission denied for table provisioner_jobs');
