@@ -27,6 +27,11 @@ export interface Standin {
   port: number;
   /** Requests served on /reinit, for assertions. */
   reinitRequests: number;
+  /**
+   * Every request that reached the stand-in, whatever its path, but the guard's own polls of
+   * /api/v2/buildinfo (for "never forwarded").
+   */
+  requests: number;
   close(): Promise<void>;
 }
 
@@ -59,7 +64,7 @@ export async function startCoderdStandin(opts: StandinOptions): Promise<Standin>
   const sql = postgres(opts.pgUrl, { max: opts.poolSize ?? 4, onnotice: () => {} });
   const pingMs = opts.pingIntervalMs ?? 15_000;
   const version = opts.version ?? 'v2.34.5+abc1234';
-  const state = { reinitRequests: 0 };
+  const state = { reinitRequests: 0, requests: 0 };
 
   const reinit = async (req: http.IncomingMessage, res: http.ServerResponse, url: URL, wait: string | null) => {
     state.reinitRequests++;
@@ -121,6 +126,7 @@ export async function startCoderdStandin(opts: StandinOptions): Promise<Standin>
 
   const server = http.createServer((req, res) => {
     const target = req.url ?? '/';
+    if (!target.startsWith('/api/v2/buildinfo')) state.requests++;
     let url: URL;
     try {
       url = new URL(target.startsWith('/') ? `http://standin${target}` : target);
@@ -149,6 +155,9 @@ export async function startCoderdStandin(opts: StandinOptions): Promise<Standin>
     port,
     get reinitRequests() {
       return state.reinitRequests;
+    },
+    get requests() {
+      return state.requests;
     },
     async close() {
       server.closeAllConnections();

@@ -23,6 +23,11 @@ export interface EchoUpstream {
   aborted: number;
   /** Requests currently open. */
   open: number;
+  /**
+   * Every request, upgrade and CONNECT that ever arrived (cumulative: "never forwarded"),
+   * but the guard's own polls of /api/v2/buildinfo.
+   */
+  received: number;
   /** Raw upgraded (DERP) and CONNECT sockets currently open on the upstream side. */
   tunnels: number;
   gzipBody: Buffer;
@@ -38,7 +43,7 @@ export const GZIP_JSON = gzipSync(Buffer.from(JSON.stringify({ hello: 'world', p
  * echo), `/reject` (403 instead of 101). CONNECT: 200 then raw echo.
  */
 export async function startEchoUpstream(opts: { port?: number } = {}): Promise<EchoUpstream> {
-  const state = { aborted: 0, open: 0, tunnels: 0 };
+  const state = { aborted: 0, open: 0, tunnels: 0, received: 0 };
   const track = (socket: net.Socket | import('node:stream').Duplex) => {
     state.tunnels++;
     socket.once('close', () => state.tunnels--);
@@ -49,6 +54,7 @@ export async function startEchoUpstream(opts: { port?: number } = {}): Promise<E
   });
 
   const server = http.createServer(async (req, res) => {
+    if (!req.url?.startsWith('/api/v2/buildinfo')) state.received++;
     state.open++;
     let finished = false;
     req.once('end', () => (finished = true));
@@ -122,6 +128,7 @@ export async function startEchoUpstream(opts: { port?: number } = {}): Promise<E
   server.maxHeadersCount = 0;
 
   server.on('upgrade', (req, socket, head) => {
+    state.received++;
     const url = new URL(req.url ?? '/', 'http://x');
     if (url.pathname === '/reject') {
       const body = '{"message":"Forbidden."}';
@@ -142,6 +149,7 @@ export async function startEchoUpstream(opts: { port?: number } = {}): Promise<E
   });
 
   server.on('connect', (req, socket: net.Socket, head) => {
+    state.received++;
     track(socket);
     socket.write(`HTTP/1.1 200 Connection Established\r\nX-Target: ${req.url}\r\n\r\n`);
     if (head.length) socket.write(head);
@@ -165,6 +173,9 @@ export async function startEchoUpstream(opts: { port?: number } = {}): Promise<E
     },
     get open() {
       return state.open;
+    },
+    get received() {
+      return state.received;
     },
     get tunnels() {
       return state.tunnels;

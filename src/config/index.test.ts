@@ -33,6 +33,10 @@ describe('loadConfig', () => {
     [{ REINIT_GUARD_UPSTREAM: 'http://coder/api' }, 'REINIT_GUARD_UPSTREAM "http://coder/api" is not valid: use a base URL without path, credentials, query or fragment'],
     [{ REINIT_GUARD_MODE: 'on' }, 'REINIT_GUARD_MODE "on" is not valid: use enforce, observe or off'],
     [{ REINIT_GUARD_DB_TIMEOUT: '2' }, 'REINIT_GUARD_DB_TIMEOUT "2" is not valid: use a positive duration such as 500ms, 2s or 1m'],
+    // Below 1 ms a duration rounds to 0: no statement_timeout, a TTL that never expires.
+    [{ REINIT_GUARD_DB_TIMEOUT: '0.4ms' }, 'REINIT_GUARD_DB_TIMEOUT "0.4ms" is not valid: use at least 1ms'],
+    [{ REINIT_GUARD_PASS_CACHE_TTL: '0.4ms' }, 'REINIT_GUARD_PASS_CACHE_TTL "0.4ms" is not valid: use at least 1ms'],
+    [{ REINIT_GUARD_PEEK_TIMEOUT: '0.0001s' }, 'REINIT_GUARD_PEEK_TIMEOUT "0.0001s" is not valid: use at least 1ms'],
     [{ REINIT_GUARD_LISTEN: '8080' }, 'REINIT_GUARD_LISTEN "8080" is not valid: use host:port, for example 0.0.0.0:8080 or [::]:8080'],
     [{ REINIT_GUARD_LISTEN: '0.0.0.0:70000' }, 'REINIT_GUARD_LISTEN "0.0.0.0:70000" is not valid: use host:port, for example 0.0.0.0:8080 or [::]:8080'],
     [{ REINIT_GUARD_DB_POOL_SIZE: '0' }, 'REINIT_GUARD_DB_POOL_SIZE "0" is not valid: use a whole number from 1 to 64'],

@@ -27,7 +27,10 @@ export function parseDuration(raw: string): Parsed<number> {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(raw.trim());
   if (!m) return bad(rule);
   const ms = Number(m[1]) * DURATION_UNITS[m[2] as string]!;
-  return ms > 0 && Number.isFinite(ms) ? ok(Math.round(ms)) : bad(rule);
+  if (!(ms > 0) || !Number.isFinite(ms)) return bad(rule);
+  // The guard works in whole milliseconds: 0.4ms would round to 0, which means "no limit"
+  // to statement_timeout and "forever" to a cache TTL.
+  return ms >= 1 ? ok(Math.round(ms)) : bad('use at least 1ms');
 }
 
 /** Parses "host:port", "[v6]:port" or ":port" (all interfaces). Port 0 picks a free port. */

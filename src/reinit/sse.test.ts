@@ -17,6 +17,12 @@ describe('readFirstEvent', () => {
     ['comment and id lines', ': hi\nid: 1\nevent: error\ndata: e\n\n', { end: 33, type: 'error', data: 'e' }],
     ['leading blank lines', '\n\nevent: ping\n\n', { end: 15, type: 'ping', data: null }],
     ['no event field', 'data: x\n\n', { end: 9, type: 'message', data: 'x' }],
+    // Decided from the SSE spec and the agent's reader (issue #11):
+    ['a comment-only block dispatches nothing: the next block is the first event', ': keepalive\n\nevent: ping\n\n', { end: 26, type: 'ping', data: null }],
+    ['id and retry alone dispatch nothing', 'id: 1\nretry: 5\n\nevent: data\ndata: x\n\n', { end: 37, type: 'data', data: 'x' }],
+    ['a leading BOM is skipped', '\ufeffevent: ping\n\n', { end: 16, type: 'ping', data: null }],
+    ['a CR at the very end ends its line at once (CR-only framing)', 'event: ping\r\r', { end: 13, type: 'ping', data: null }],
+    ['a CR at the very end after CRLF ends the blank line at once', 'event: ping\r\n\r', { end: 14, type: 'ping', data: null }],
   ])('%s', (_n, input, expected) => {
     expect(readFirstEvent(b(input))).toEqual(expected);
   });
@@ -26,18 +32,32 @@ describe('readFirstEvent', () => {
     ['half a line', 'event: da'],
     ['one line', 'event: data\n'],
     ['no blank line yet', `event: data\ndata: ${claim}\n`],
-    ['trailing CR could be CRLF', 'event: ping\r\n\r'],
+    ['only a comment block', ': keepalive\n\n'],
+    ['only a BOM', '\ufeff'],
   ])('needs more bytes: %s', (_n, input) => {
     expect(readFirstEvent(b(input))).toBeNull();
   });
 
-  it('finds the same event however the bytes are split', () => {
-    const whole = b(`event: data\r\ndata: ${claim}\r\n\r\nevent: ping\r\n\r\n`);
+  it.each([
+    ['LF', `event: data\ndata: ${claim}\n\nevent: ping\n\n`],
+    ['CRLF', `event: data\r\ndata: ${claim}\r\n\r\nevent: ping\r\n\r\n`],
+    ['CR', `event: data\rdata: ${claim}\r\revent: ping\r\r`],
+  ])('finds the same event however %s-framed bytes are split, and finds it as soon as it is complete', (_n, text) => {
+    const whole = b(text);
     const expected = readFirstEvent(whole);
-    for (let cut = 1; cut < whole.length; cut++) {
+    expect(expected).toMatchObject({ type: 'data', data: claim });
+    for (let cut = 1; cut <= whole.length; cut++) {
       const head = readFirstEvent(whole.subarray(0, cut));
-      expect(head === null || head.end <= cut).toBe(true);
-      if (head) expect(head).toEqual(expected);
+      if (cut >= expected!.end) {
+        // Every byte of the event is here: it must be found (a CRLF's LF may still be due).
+        expect(head, `cut at ${cut}`).not.toBeNull();
+      }
+      if (head) {
+        expect(head.type).toBe(expected!.type);
+        expect(head.data).toBe(expected!.data);
+        expect([expected!.end, expected!.end - 1]).toContain(head.end);
+        expect(head.end).toBeLessThanOrEqual(cut);
+      }
     }
   });
 

@@ -18,8 +18,21 @@ export interface SseEvent {
 const LF = 0x0a;
 const CR = 0x0d;
 
+/** A UTF-8 byte order mark: the SSE spec strips one at the start of the stream. */
+const BOM = [0xef, 0xbb, 0xbf];
+
 /**
- * Returns the first complete event in `buf`, or `null` when more bytes are needed.
+ * Returns the first complete event in `buf` (the start of coderd's stream), or `null` when
+ * more bytes are needed. Decided from the SSE specification and the agent's reader
+ * (codersdk.ServerSentEventReader, which keys on `event:` lines):
+ * - an event is a block, ended by a blank line, holding an `event` or `data` field; a
+ *   block of only comments (`: keepalive`), `id` or `retry` lines dispatches nothing
+ *   (the spec dispatches nothing without data; coderd's ping, `event: ping` alone, is an
+ *   event to the agent, so `event` counts too), and reading goes on to the next block;
+ * - a leading byte order mark is skipped, as the spec says;
+ * - CR, LF and CRLF all end a line, and a CR ends its line at once: if an LF follows, it
+ *   belongs to the same line end. So a stream that pauses after `\r\r` is read now, not
+ *   after the peek deadline.
  *
  * @example
  * readFirstEvent(Buffer.from('event: ping\n\n')) // => { end: 13, type: 'ping', data: null }
@@ -27,31 +40,34 @@ const CR = 0x0d;
 export function readFirstEvent(buf: Uint8Array): SseEvent | null {
   let type = 'message';
   let data: string[] | null = null;
-  let sawField = false;
-  let start = 0;
-  for (let i = 0; i < buf.length; i++) {
+  let dispatchable = false;
+  let start = buf[0] === BOM[0] && buf[1] === BOM[1] && buf[2] === BOM[2] ? 3 : 0;
+  for (let i = start; i < buf.length; i++) {
     const b = buf[i];
     if (b !== LF && b !== CR) continue;
-    if (b === CR) {
-      // A CR at the very end may be the first half of CRLF: wait for the next byte.
-      if (i + 1 === buf.length) return null;
-      if (buf[i + 1] === LF) i++;
-    }
-    const lineEnd = b === CR && buf[i] === LF ? i - 1 : i;
+    const lineEnd = i;
+    if (b === CR && buf[i + 1] === LF) i++;
     const line = Buffer.from(buf.buffer, buf.byteOffset + start, lineEnd - start).toString('utf8');
     start = i + 1;
     if (line === '') {
-      if (sawField) return { end: start, type, data: data === null ? null : data.join('\n') };
-      continue; // Blank lines before any field dispatch nothing.
+      if (dispatchable) return { end: start, type, data: data === null ? null : data.join('\n') };
+      // A blank line after nothing, or after comments, id or retry: no event; start over.
+      type = 'message';
+      data = null;
+      continue;
     }
-    sawField = true;
     if (line.startsWith(':')) continue; // Comment.
     const colon = line.indexOf(':');
     const name = colon === -1 ? line : line.slice(0, colon);
     let value = colon === -1 ? '' : line.slice(colon + 1);
     if (value.startsWith(' ')) value = value.slice(1);
-    if (name === 'event') type = value;
-    else if (name === 'data') (data ??= []).push(value);
+    if (name === 'event') {
+      type = value;
+      dispatchable = true;
+    } else if (name === 'data') {
+      (data ??= []).push(value);
+      dispatchable = true;
+    }
   }
   return null;
 }

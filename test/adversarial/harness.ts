@@ -115,7 +115,10 @@ export async function exchange(port: number, bytes: string, upstream: RecordingU
   });
   // Let the upstream finish parsing what arrived.
   await new Promise((r) => setTimeout(r, 50));
-  return { statuses: statusesOf(raw), raw, forwarded: upstream.requests.slice(before).map(summarise), parseErrors: upstream.parseErrors - errorsBefore };
+  // The guard polls coderd's /api/v2/buildinfo on its own (version, dependency state): not
+  // forwarded client traffic.
+  const forwarded = upstream.requests.slice(before).filter((r) => r.url !== '/api/v2/buildinfo');
+  return { statuses: statusesOf(raw), raw, forwarded: forwarded.map(summarise), parseErrors: upstream.parseErrors - errorsBefore };
 }
 
 /**

@@ -119,10 +119,10 @@ describe('request headers reaching coderd', () => {
   });
 
   it('conflicting Content-Length and Transfer-Encoding is refused, never forwarded', async () => {
-    const before = upstream.open;
+    const before = upstream.received;
     const raw = await rawExchange(port, 'POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n');
     expect(parseResponse(raw).status).toBe(400);
-    expect(upstream.open).toBe(before);
+    expect(upstream.received).toBe(before);
   });
 });
 
