@@ -1,11 +1,12 @@
-import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import { classifyUpstreamError, upstreamFailure, writeCoderError } from './errors.js';
 import { toFlat, toPairs } from './headers.js';
+import { dispatch, type HopControl, type ResponseSink, type UpstreamHead } from './hop.js';
 import { responseHead } from './response-head.js';
 import { logPath } from './target.js';
-import { hasBody, openUpstream, requestFraming, type Upstream } from './upstream.js';
+import { hasBody, requestFraming, type Upstream } from './upstream.js';
 
 /** What the pass-through needs besides the request. */
 export interface ForwardDeps {
@@ -14,42 +15,50 @@ export interface ForwardDeps {
   metrics: Metrics;
 }
 
-/** Handles coderd's response; the default relays it unchanged. May be async. */
-export type ResponseHandler = (upRes: IncomingMessage, res: ServerResponse, upReq: ClientRequest) => void | Promise<void>;
+/**
+ * Takes coderd's response head and says where its body goes; the default relays it. May
+ * return null once the response was answered otherwise.
+ */
+export type ResponseHandler = (head: UpstreamHead, res: ServerResponse, hop: HopControl) => ResponseSink | null;
 
 /**
  * Writes coderd's status line and headers (less hop-by-hop ones) to the client, after
  * checking them against what Node would refuse ({@link responseHead}). The Date header is
  * coderd's own, not one Node adds. Returns whether trailers can follow (the body goes out
  * chunked), or null when the head could not be relayed: the client then got a 502 in
- * coderd's shape and coderd's response was dropped.
+ * coderd's shape.
  */
-export function writeUpstreamHead(deps: ForwardDeps, upRes: IncomingMessage, res: ServerResponse): { trailers: boolean } | null {
+export function writeUpstreamHead(deps: ForwardDeps, head: UpstreamHead, res: ServerResponse): { trailers: boolean } | null {
   const req = res.req;
-  const head = responseHead(req, res, upRes);
-  if (!head.ok) {
-    deps.metrics.upstreamErrors.inc({ kind: head.problem });
-    deps.log.warn('upstream response not relayable', { problem: head.problem, status: upRes.statusCode ?? null, method: req.method ?? '', path: logPath(req.url) });
-    upRes.destroy();
-    writeCoderError(res, 502, {
-      message: 'Failed to reach coderd.',
-      detail: `coder-reinit-guard got a response from the upstream that cannot be relayed (${head.problem}).`,
-    });
+  const checked = responseHead(req, res, head);
+  if (!checked.ok) {
+    unrelayable(deps, res, checked.problem, head.statusCode);
     return null;
   }
   res.sendDate = false;
-  res.writeHead(head.status, head.reason, toFlat(head.headers));
-  return { trailers: head.trailers };
+  res.writeHead(checked.status, checked.reason, toFlat(checked.headers));
+  return { trailers: checked.trailers };
+}
+
+/** Answers 502 for a response of coderd's that cannot be relayed, logged and counted. */
+function unrelayable(deps: ForwardDeps, res: ServerResponse, problem: string, status: number | null): void {
+  const req = res.req;
+  deps.metrics.upstreamErrors.inc({ kind: problem });
+  deps.log.warn('upstream response not relayable', { problem, status, method: req.method ?? '', path: logPath(req.url) });
+  writeCoderError(res, 502, {
+    message: 'Failed to reach coderd.',
+    detail: `coder-reinit-guard got a response from the upstream that cannot be relayed (${problem}).`,
+  });
 }
 
 /**
  * Ends the client's response once coderd's ended cleanly, passing coderd's trailers on when
  * the client's response is chunked (the only way a trailer section can follow).
  */
-export function endResponse(res: ServerResponse, upRes: IncomingMessage, trailers: boolean): void {
-  if (trailers && upRes.rawTrailers.length) {
+export function endResponse(res: ServerResponse, rawTrailers: string[], trailers: boolean): void {
+  if (trailers && rawTrailers.length) {
     try {
-      res.addTrailers(toPairs(upRes.rawTrailers) as Array<[string, string]>);
+      res.addTrailers(toPairs(rawTrailers) as Array<[string, string]>);
     } catch {
       // A trailer Node refuses to write is dropped, as Go's server drops invalid ones.
     }
@@ -69,27 +78,25 @@ export function cutConnection(res: ServerResponse): void {
 }
 
 /**
- * Streams the rest of coderd's response body to the client with backpressure, and its
- * trailers. If either side fails, both are torn down: the client sees the connection end
- * as it would talking to coderd, and a departed client releases the upstream connection.
+ * The body of a relayed response: each chunk straight to the client with backpressure
+ * (coderd's body pauses while the client's socket is full), then coderd's end or break.
  */
-export function streamBody(upRes: IncomingMessage, res: ServerResponse, trailers: boolean): void {
-  // pipe, plus one close check, rather than stream.pipeline: pipeline builds and fires an
-  // AbortController per call, which measured at ~13% of the guard's CPU on small requests.
-  upRes.pipe(res, { end: !trailers });
-  if (trailers) upRes.once('end', () => endResponse(res, upRes, true));
-  upRes.once('close', () => {
-    if (!upRes.complete) cutConnection(res); // coderd went away mid-body: so does the client.
-  });
+export function bodyInto(res: ServerResponse, hop: HopControl, trailers: boolean): ResponseSink {
+  res.on('drain', () => hop.resume());
+  return {
+    data: (chunk) => res.write(chunk),
+    end: (rawTrailers) => endResponse(res, rawTrailers, trailers),
+    broken: () => cutConnection(res),
+  };
 }
 
-/** Relays a whole upstream response: head, then body, optionally after some peeked bytes. */
-export function relayResponse(deps: ForwardDeps, upRes: IncomingMessage, res: ServerResponse, prefix?: Buffer): void {
-  const head = writeUpstreamHead(deps, upRes, res);
-  if (!head) return;
-  if (prefix?.length) res.write(prefix);
-  streamBody(upRes, res, head.trailers);
-}
+/** The default response handler: coderd's head, then its body, unchanged. */
+export const relay =
+  (deps: ForwardDeps): ResponseHandler =>
+  (head, res, hop) => {
+    const written = writeUpstreamHead(deps, head, res);
+    return written ? bodyInto(res, hop, written.trailers) : null;
+  };
 
 /**
  * The last resort of every per-request path: whatever threw is logged and counted, and only
@@ -116,77 +123,71 @@ export function failRequest(deps: Pick<ForwardDeps, 'log' | 'metrics'>, where: s
 
 /**
  * Proxies one request to coderd: streams the body up (only ever with explicit framing),
- * hands the response to `onResponse` (relay by default), and maps a failure before any
- * response to coderd's JSON error shape.
+ * hands the response head to `onResponse` (relay by default), and maps a failure before
+ * any response to coderd's JSON error shape.
  */
-export function forward(deps: ForwardDeps, req: IncomingMessage, res: ServerResponse, onResponse?: ResponseHandler): void {
+export function forward(deps: ForwardDeps, req: IncomingMessage, res: ServerResponse, onResponse: ResponseHandler = relay(deps)): void {
   const framing = requestFraming(req);
-  const upReq = openUpstream(deps.upstream, req, framing);
-  deps.metrics.inflight.inc();
-  let responded = false;
+  const { metrics } = deps;
+  metrics.inflight.inc();
   let counted = true;
   const release = () => {
-    if (counted) deps.metrics.inflight.dec();
+    if (counted) metrics.inflight.dec();
     counted = false;
   };
 
-  res.once('close', () => {
-    release();
-    // The client left before the response finished: free the upstream connection now.
-    if (!res.writableFinished) upReq.destroy();
-  });
-  upReq.once('error', (err) => {
-    // Once coderd's response arrived, its end (or break) is the response handler's to
-    // relay: the client sees coderd's head, the bytes, then the break, never a late 502.
-    if (responded) return;
-    if (res.headersSent || res.destroyed) {
-      res.destroy();
-      return;
-    }
-    const kind = classifyUpstreamError(err);
-    deps.metrics.upstreamErrors.inc({ kind });
-    deps.log.warn('upstream request failed', { kind, code: (err as { code?: string }).code ?? null, method: req.method ?? '', path: logPath(req.url) });
-    const { status, body } = upstreamFailure(kind, err);
-    writeCoderError(res, status, body);
-  });
-  // coderd answering 101 to a request that asked for no upgrade: Node's client hands the
-  // socket to 'upgrade' listeners (or silently drops it), never to 'response'.
-  upReq.once('upgrade', (upRes, socket) => {
-    socket.destroy();
-    writeUpstreamHead(deps, upRes, res);
-  });
-  upReq.once('response', (upRes) => {
-    responded = true;
-    const fail = (err: unknown) => {
-      upReq.destroy();
-      failRequest(deps, 'response', req, res, err);
-    };
-    try {
-      const done = onResponse ? onResponse(upRes, res, upReq) : relayResponse(deps, upRes, res);
-      if (done) done.catch(fail);
-    } catch (err) {
-      fail(err);
-    }
+  const hop = dispatch(deps.upstream, req, framing, {
+    onHead(head, control) {
+      try {
+        const sink = onResponse(head, res, control);
+        if (!sink) return null;
+        // coderd may answer in full before reading the whole body (a 404 to an upload).
+        // The rest of the body is of no use to it, but must still be read off the client's
+        // connection, or the next request on that keep-alive connection is never parsed
+        // and hangs (the soak found this): drop the upstream request and discard the rest,
+        // as a Node or Go server does with an unread body.
+        if (!hasBody(framing)) return sink;
+        return {
+          data: (chunk) => sink.data(chunk),
+          broken: (err) => sink.broken(err),
+          end(trailers) {
+            sink.end(trailers);
+            if (!req.readableEnded) {
+              control.abort();
+              req.resume();
+            }
+          },
+        };
+      } catch (err) {
+        failRequest(deps, 'response', req, res, err);
+        return null;
+      }
+    },
+    onInformational(head) {
+      // 103 Early Hints reach the client as coderd sent them; other 1xx are hop-by-hop
+      // (Node's server already answered a client's Expect: 100-continue).
+      if (head.statusCode === 103 && !res.headersSent) res.writeEarlyHints(Object.fromEntries(toPairs(head.rawHeaders).map(([k, v]) => [k.toLowerCase(), v])));
+    },
+    onFailure(err) {
+      if (res.headersSent || res.destroyed) return void res.destroy();
+      if ((err as { message?: string }).message === 'bad upgrade') return unrelayable(deps, res, 'unrequested_upgrade', 101);
+      if ((err as { code?: string }).code === 'ERR_ASSERTION') return unrelayable(deps, res, 'invalid_status', null);
+      if ((err as { code?: string }).code === 'UND_ERR_INVALID_ARG') {
+        // A request undici will not send (an odd target such as `GET *`): the client's.
+        metrics.refused.inc({ reason: 'unsendable' });
+        return writeCoderError(res, 400, { message: 'Bad Request.', detail: 'coder-reinit-guard cannot forward this request target.' }, true);
+      }
+      const kind = classifyUpstreamError(err);
+      metrics.upstreamErrors.inc({ kind });
+      deps.log.warn('upstream request failed', { kind, code: (err as { code?: string }).code ?? null, method: req.method ?? '', path: logPath(req.url) });
+      const { status, body } = upstreamFailure(kind, err);
+      writeCoderError(res, status, body);
+    },
   });
 
-  if (hasBody(framing)) {
-    // pipe, not pipeline: an upstream failure must not destroy the client socket before
-    // the 502 is written. A client that leaves mid-body is handled by the close above.
-    req.pipe(upReq);
-    // coderd may answer in full before reading the whole body (a 404 to an upload). Then
-    // the rest of the body is of no use to it, but must still be read off the client's
-    // connection, or the next request on that keep-alive connection is never parsed and
-    // hangs (the soak found this). Drop the upstream connection (it is mid-body, not
-    // reusable) and discard the rest, as a Node or Go server does with an unread body.
-    upReq.once('response', (upRes) => {
-      upRes.once('end', () => {
-        if (req.readableEnded) return;
-        req.unpipe(upReq);
-        upReq.destroy();
-        req.resume();
-      });
-    });
-  } else {
-    upReq.end();
-  }
+  res.once('close', () => {
+    release();
+    // The client left before the response finished: free the upstream request now.
+    if (!res.writableFinished) hop.abort();
+  });
 }

@@ -1,11 +1,13 @@
 import { STATUS_CODES, validateHeaderName, validateHeaderValue, type IncomingMessage, type ServerResponse } from 'node:http';
 import { clientResponseHeaders, type HeaderPair } from './headers.js';
+import type { UpstreamHead } from './hop.js';
 
 /**
  * coderd's response head, checked against everything Node's `writeHead` would refuse
  * (and throw on, inside an event handler, ending the process), and mapped the way Go's
  * `httputil.ReverseProxy` and nginx answer such responses:
- * - a status Node cannot write (below 100: `099`): 502;
+ * - a status outside 100–599, the only valid ones (RFC 9110 §15): `099` (which Node cannot
+ *   write) or `999` (which undici refuses to read): 502;
  * - `101` to a request that asked for no upgrade: 502 (the client would hang waiting);
  * - a header name or value Node refuses: 502 (a response missing a header is a different
  *   response);
@@ -55,13 +57,13 @@ const isValidHeader = ([name, value]: HeaderPair): boolean => {
  * const head = responseHead(req, res, upRes);
  * if (head.ok) res.writeHead(head.status, head.reason, toFlat(head.headers));
  */
-export function responseHead(req: IncomingMessage, res: ServerResponse, upRes: IncomingMessage): ResponseHead {
-  const status = upRes.statusCode ?? 0;
+export function responseHead(req: IncomingMessage, res: ServerResponse, upRes: UpstreamHead): ResponseHead {
+  const status = upRes.statusCode;
   if (status === 101) return { ok: false, problem: 'unrequested_upgrade' };
-  if (status < 100 || status > 999) return { ok: false, problem: 'invalid_status' };
+  if (status < 100 || status > 599) return { ok: false, problem: 'invalid_status' };
   let headers = clientResponseHeaders(upRes.rawHeaders);
   if (!headers.every(isValidHeader)) return { ok: false, problem: 'invalid_header' };
-  const message = upRes.statusMessage ?? '';
+  const message = upRes.statusMessage;
   const reason = INVALID_TEXT.test(message) ? (STATUS_CODES[status] ?? '') : message;
   const trailers = willChunk(req, res, status, headers);
   if (!trailers) headers = headers.filter(([k]) => lower(k) !== 'trailer');

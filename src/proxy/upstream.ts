@@ -3,6 +3,7 @@ import https from 'node:https';
 import tls from 'node:tls';
 import type { Socket } from 'node:net';
 import type { IncomingMessage } from 'node:http';
+import { Pool } from 'undici';
 import type { Config } from '../config/index.js';
 import { upstreamRequestHeaders, toFlat, type Framing } from './headers.js';
 import { originForm } from './target.js';
@@ -12,6 +13,9 @@ export interface Upstream {
   readonly url: URL;
   /** "host:port" of coderd, used when a client sends no Host header. */
   readonly hostPort: string;
+  /** undici's keep-alive pool for ordinary requests (hop.ts). */
+  readonly pool: Pool;
+  /** node:http's agent, for upgrades and CONNECT (tunnel.ts) and the guard's own buildinfo reads. */
   readonly agent: http.Agent;
   readonly request: typeof http.request;
   readonly forwardedHeaders: boolean;
@@ -44,13 +48,24 @@ export function createUpstream(opts: UpstreamOptions): Upstream {
   const ca = opts.ca ? [...tls.rootCertificates, opts.ca] : undefined;
   const tlsOptions = { ...(ca ? { ca } : {}), ...(opts.servername ? { servername: opts.servername } : {}) };
   const agent = secure ? new https.Agent({ ...agentOptions, ...tlsOptions }) : new http.Agent(agentOptions);
+  const connectTimeoutMs = opts.connectTimeoutMs ?? 10_000;
+  const pool = new Pool(opts.url.origin, {
+    // Streams, long polls and uploads may take hours: no deadline on heads or bodies; only
+    // connecting is bounded (504 past it).
+    headersTimeout: 0,
+    bodyTimeout: 0,
+    connectTimeout: connectTimeoutMs,
+    maxHeaderSize: MAX_HEADER_BYTES,
+    connect: { ...tlsOptions },
+  });
   return {
     url: opts.url,
     hostPort: `${opts.url.hostname}:${port}`,
+    pool,
     agent,
     request: secure ? https.request : http.request,
     forwardedHeaders: opts.forwardedHeaders,
-    connectTimeoutMs: opts.connectTimeoutMs ?? 10_000,
+    connectTimeoutMs,
     tlsOptions,
   };
 }

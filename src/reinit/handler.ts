@@ -1,8 +1,9 @@
-import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { ReinitOutcome } from '../observability/metrics.js';
 import { writeCoderError, type CoderError } from '../proxy/errors.js';
-import { cutConnection, endResponse, forward, relayResponse, writeUpstreamHead, type ForwardDeps } from '../proxy/forward.js';
+import { cutConnection, endResponse, failRequest, forward, relay, writeUpstreamHead, type ForwardDeps, type ResponseHandler } from '../proxy/forward.js';
+import type { UpstreamHead } from '../proxy/hop.js';
 import type { Decider, Decision } from './decider.js';
 import { peekFirstEvent } from './peek.js';
 import { asReinitEvent, PREBUILD_CLAIMED } from './sse.js';
@@ -24,8 +25,14 @@ export function claimHandledError(workspaceId: string): CoderError {
   };
 }
 
-const isEventStream = (upRes: IncomingMessage) =>
-  upRes.statusCode === 200 && /^text\/event-stream\b/i.test(upRes.headers['content-type'] ?? '');
+/** A 200 whose Content-Type is text/event-stream: coderd streaming the reinit events. */
+function isEventStream(head: UpstreamHead): boolean {
+  if (head.statusCode !== 200) return false;
+  for (let i = 0; i < head.rawHeaders.length; i += 2) {
+    if ((head.rawHeaders[i] as string).toLowerCase() === 'content-type') return /^text\/event-stream\b/i.test(head.rawHeaders[i + 1] as string);
+  }
+  return false;
+}
 
 /**
  * Handles `GET /api/v2/workspaceagents/me/reinit?wait=true`: forwards it unchanged, reads
@@ -38,18 +45,28 @@ export function createReinitHandler(deps: ReinitDeps) {
 
   const count = (labels: { outcome: ReinitOutcome; reason: string }) => metrics.reinitRequests.inc(labels);
 
-  const onResponse = async (upRes: IncomingMessage, res: ServerResponse, upReq: ClientRequest) => {
-    if (!isEventStream(upRes)) {
-      count({ outcome: 'upstream_status', reason: String(upRes.statusCode) });
-      relayResponse(deps, upRes, res);
-      return;
+  /**
+   * coderd's answer to an inspected /reinit: anything but a 200 event stream is relayed
+   * verbatim; an event stream is read into an UpstreamStream (the hop's sink from now on)
+   * and judged in the background.
+   */
+  const onResponse: ResponseHandler = (head, res, hop) => {
+    if (!isEventStream(head)) {
+      count({ outcome: 'upstream_status', reason: String(head.statusCode) });
+      return relay(deps)(head, res, hop);
     }
     metrics.openStreams.inc({ kind: 'reinit' });
     res.once('close', () => metrics.openStreams.dec({ kind: 'reinit' }));
-    // From here on, coderd's body is read into `stream`: whatever coderd does during the
-    // peek and the decision (more bytes, a clean end, a reset) is kept as state.
-    const stream = new UpstreamStream(upRes, deps.peekMaxBytes);
+    const stream = new UpstreamStream(head, deps.peekMaxBytes, hop);
+    judge(stream, res).catch((err: unknown) => {
+      stream.destroy();
+      failRequest(deps, 'reinit', res.req, res, err);
+    });
+    return stream;
+  };
 
+  /** Reads the first event, decides, and answers: pass, hold or 409. */
+  const judge = async (stream: UpstreamStream, res: ServerResponse) => {
     const peeked = await peekFirstEvent(stream, deps.peekMaxBytes, deps.peekTimeoutMs);
     if (res.destroyed) return stream.destroy(); // The agent left while we read.
     if (peeked.end !== 'event' || !peeked.event) return failOpen(stream, res, `peek_${peeked.end}`);
@@ -74,7 +91,6 @@ export function createReinitHandler(deps: ReinitDeps) {
     const action = record(decision, id, 'enforce');
     if (action === 'suppress') {
       stream.destroy(); // Close coderd's stream: it must not deliver the event later.
-      upReq.destroy();
       writeCoderError(res, 409, claimHandledError(id));
     } else if (action === 'hold') {
       stream.discard(peeked.event.end);
@@ -129,10 +145,9 @@ export function createReinitHandler(deps: ReinitDeps) {
  * or ends, as coderd itself sends nothing before its first write.
  */
 function relayStream(deps: ForwardDeps, stream: UpstreamStream, res: ServerResponse, opts: { lazyHead?: boolean } = {}): void {
-  const upRes = stream.res;
   let head: { trailers: boolean } | null = null;
   const start = (): boolean => {
-    head ??= writeUpstreamHead(deps, upRes, res);
+    head ??= writeUpstreamHead(deps, stream.head, res);
     if (!head) stream.destroy();
     return head !== null;
   };
@@ -142,7 +157,7 @@ function relayStream(deps: ForwardDeps, stream: UpstreamStream, res: ServerRespo
     onDrain: (resume) => res.on('drain', resume),
     end: (state) => {
       if (state === 'broken') return head ? cutConnection(res) : res.destroy();
-      if (start()) endResponse(res, upRes, (head as { trailers: boolean }).trailers);
+      if (start()) endResponse(res, stream.rawTrailers, (head as { trailers: boolean }).trailers);
     },
   });
 }

@@ -1,45 +1,52 @@
-import type { IncomingMessage } from 'node:http';
+import type { HopControl, ResponseSink, UpstreamHead } from '../proxy/hop.js';
 
 /** How coderd's response body has ended so far. */
 export type StreamState = 'open' | 'ended' | 'broken';
 
 /**
- * coderd's `/reinit` response body with its life recorded as state. Its listeners are
- * attached the moment the response arrives and never removed, so nothing coderd does while
- * the guard reads the first event or waits for a verdict can be missed: the bytes are
- * buffered, and "ended" (a clean end) or "broken" (reset, closed mid-body) is state that
- * the next step reads, not an event that it must catch in time.
+ * coderd's `/reinit` response body with its life recorded as state. It is the upstream
+ * hop's sink from the moment the head arrives, so nothing coderd does while the guard reads
+ * the first event or waits for a verdict can be missed: the bytes are buffered, and "ended"
+ * (a clean end) or "broken" (reset, closed mid-body) is state that the next step reads, not
+ * an event that it must catch in time.
  *
  * Until a sink is set the bytes accumulate (reading pauses past `maxBuffered`); once
  * `drain` sets one, the buffer is handed over and later bytes flow straight to it with
  * backpressure.
  */
-export class UpstreamStream {
+export class UpstreamStream implements ResponseSink {
   private chunks: Buffer[] = [];
   private buffered = 0;
   private sink: Sink | null = null;
   private waiters: Array<() => void> = [];
   state: StreamState = 'open';
+  /** coderd's trailers, once it ended. */
+  rawTrailers: string[] = [];
 
   constructor(
-    readonly res: IncomingMessage,
+    readonly head: UpstreamHead,
     private readonly maxBuffered: number,
-  ) {
-    res.on('data', (chunk: Buffer) => {
-      if (this.sink) {
-        if (!this.sink.write(chunk)) res.pause();
-        return;
-      }
-      this.chunks.push(chunk);
-      this.buffered += chunk.length;
-      if (this.buffered > maxBuffered) res.pause();
-      this.wake();
-    });
-    res.once('end', () => this.finish('ended'));
-    // 'close' without 'end': coderd went away mid-body (a reset, or a FIN before the end of
-    // a chunked body).
-    res.once('close', () => this.finish(res.complete ? 'ended' : 'broken'));
-    res.on('error', () => {}); // The state says it; 'close' follows.
+    private readonly hop: HopControl,
+  ) {}
+
+  /** From the hop: one chunk of coderd's body. */
+  data(chunk: Buffer): boolean {
+    if (this.sink) return this.sink.write(chunk);
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    this.wake();
+    return this.buffered <= this.maxBuffered;
+  }
+
+  /** From the hop: coderd ended its body cleanly. */
+  end(rawTrailers: string[]): void {
+    this.rawTrailers = rawTrailers;
+    this.finish('ended');
+  }
+
+  /** From the hop: coderd broke off mid-body. */
+  broken(): void {
+    this.finish('broken');
   }
 
   /** The bytes read and not yet handed to a sink. */
@@ -76,16 +83,16 @@ export class UpstreamStream {
     this.chunks = [];
     this.buffered = 0;
     this.sink = sink;
-    if (pending.length && !sink.write(pending)) this.res.pause();
-    else this.res.resume();
-    sink.onDrain?.(() => this.res.resume());
+    sink.onDrain?.(() => this.hop.resume());
+    if (pending.length && !sink.write(pending)) this.hop.pause();
+    else this.hop.resume();
     if (this.state !== 'open') sink.end(this.state);
   }
 
   /** Stops reading and releases coderd's side. */
   destroy(): void {
     this.sink = null;
-    this.res.destroy();
+    this.hop.abort();
   }
 
   private finish(state: Exclude<StreamState, 'open'>): void {

@@ -57,6 +57,9 @@ export function createProxyListener(deps: ProxyAppDeps): RequestListener {
       deps.metrics.refused.inc({ reason: refused.reason });
       deps.log.info('request refused', { reason: refused.reason, method: req.method ?? '', path: logPath(req.url) });
       writeCoderError(res, refused.status, refused.body, true);
+    } else if (req.url === '*' && req.method === 'OPTIONS') {
+      // Go's server answers `OPTIONS *` itself, before any handler: so does the guard.
+      res.writeHead(200, { 'Content-Length': '0' }).end();
     } else if (app && !retired() && isReinitRoute(req.method, req.url ?? '')) {
       void app.fetch(new Request(`http://guard${REINIT_PATH}`), { incoming: req, outgoing: res });
     } else forward(deps, req, res);

@@ -70,7 +70,7 @@ export const CORPUS: Case[] = [
   // Targets
   { name: 'absolute form', bytes: 'GET http://elsewhere.example/a?b=1 HTTP/1.1\r\nHost: h\r\n\r\n', guard: [200] },
   { name: 'absolute form with userinfo', bytes: 'GET http://user:SECRET@elsewhere.example/a HTTP/1.1\r\nHost: h\r\n\r\n', guard: [200], differs: 'Go accepts userinfo in an absolute-form target; the guard strips scheme, authority and userinfo and forwards the path; nginx answers 400' },
-  { name: 'asterisk form', bytes: 'OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n', guard: [200], differs: 'OPTIONS * is valid HTTP (RFC 9112 §3.2.4) and Go answers it: the guard forwards it; nginx answers 400' },
+  { name: 'asterisk form', bytes: 'OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n', guard: [200], differs: 'OPTIONS * is valid HTTP (RFC 9112 §3.2.4): Go answers it itself (200, no body) before any handler, and so does the guard; nginx answers 400' },
   { name: 'CONNECT', bytes: 'CONNECT coder.example.com:443 HTTP/1.1\r\nHost: coder.example.com:443\r\n\r\n', guard: [200], differs: 'nginx does not proxy CONNECT; the guard tunnels it to coderd (workspace apps take CONNECT)' },
   { name: 'unknown method', bytes: 'FOO /a HTTP/1.1\r\nHost: h\r\n\r\n', guard: [400], differs: "Node's parser knows a fixed list of methods and refuses others with 400; nginx forwards any token (a known limit, README)" },
   // Upgrades

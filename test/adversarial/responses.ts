@@ -136,7 +136,7 @@ export function generateResponse(rnd: () => number, forHead = false): GeneratedR
   const hasBody = tail.length > 0;
   const valid =
     (version === 'HTTP/1.1' || (version === 'HTTP/1.0' && framing !== 'chunked')) &&
-    status >= 200 && status !== 101 &&
+    status >= 200 && status <= 599 && // RFC 9110 §15: 100-599 are the valid codes
     !/[\x00-\x08\x0a-\x1f\x7f]/.test(reason) &&
     !headers.some((h) => (BAD_HEADERS as readonly string[]).includes(h)) &&
     (framing === 'length' || framing === 'chunked' || framing === 'none') &&

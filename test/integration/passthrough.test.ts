@@ -25,9 +25,17 @@ afterAll(async () => {
   await upstream?.close();
 });
 
+/**
+ * The upstream hop (undici) writes the three header lines it manages itself, `host`,
+ * `content-length` and `transfer-encoding`, in lowercase; their values are the client's and
+ * the guard's framing. Field names are case-insensitive (RFC 9110 §5.1) and coderd's Go
+ * canonicalizes them, so these three are compared by name as Go reads them. Every other
+ * header keeps its exact case, order and repeats (asserted below).
+ */
+const MANAGED_BY_HOP: Record<string, string> = { host: 'Host', 'content-length': 'Content-Length', 'transfer-encoding': 'Transfer-Encoding' };
 const pairs = (raw: string[]) => {
   const out: Array<[string, string]> = [];
-  for (let i = 0; i < raw.length; i += 2) out.push([raw[i]!, raw[i + 1]!]);
+  for (let i = 0; i < raw.length; i += 2) out.push([MANAGED_BY_HOP[raw[i]!] ?? raw[i]!, raw[i + 1]!]);
   return out;
 };
 /** Sends raw request bytes through the guard; returns the response and what coderd received. */

@@ -118,7 +118,9 @@ describe('upstream answers that ended the process', () => {
     upstream = await startScriptedUpstream((target) => {
       const name = target.split('/').pop() ?? '';
       const bytes = RESPONSES[name];
-      return bytes === undefined ? null : Buffer.from(bytes, 'latin1');
+      // Kept open: the guard's next request may reuse the connection (a poisoned one would
+      // show), and no close of the upstream's can race it.
+      return bytes === undefined ? null : { bytes: Buffer.from(bytes, 'latin1'), then: 'keep' };
     });
     guard = await startGuardProcess({ REINIT_GUARD_UPSTREAM: upstream.url, REINIT_GUARD_MODE: 'off' });
   }, 60_000);
