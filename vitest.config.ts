@@ -3,8 +3,9 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['src/**/*.test.ts', 'test/**/*.test.ts'],
-    // The chart tests need Go: npm run test:chart.
-    exclude: ['test/chart/**', 'node_modules/**'],
+    // The chart tests (npm run test:chart) and the runtime-stage check (npm run
+    // test:runtime, after the build) run on their own.
+    exclude: ['test/chart/**', 'test/runtime/**', 'node_modules/**'],
     globalSetup: ['test/support/global-setup.ts'],
     testTimeout: 30_000,
     hookTimeout: 60_000,

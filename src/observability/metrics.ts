@@ -27,10 +27,22 @@ export interface Metrics {
   dependencyUp: Gauge<'dependency'>;
 }
 
+const PREFIX = 'coder_reinit_guard_';
+
+/**
+ * prom-client's default gauges that are named `*_total`, a suffix Prometheus reserves for
+ * counters (`promtool check metrics` refuses them). Each has a twin without the suffix
+ * (`nodejs_active_handles{type}` and so on) that carries the same numbers by type.
+ */
+const MISNAMED_DEFAULTS = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
+
 /** Creates the metrics; `defaults` adds Node's process metrics (off in tests). */
 export function createMetrics(defaults = true): Metrics {
   const registry = new Registry();
-  if (defaults) collectDefaultMetrics({ register: registry, prefix: 'coder_reinit_guard_' });
+  if (defaults) {
+    collectDefaultMetrics({ register: registry, prefix: PREFIX });
+    for (const name of MISNAMED_DEFAULTS) registry.removeSingleMetric(`${PREFIX}${name}`);
+  }
   const registers = [registry];
   return {
     registry,
