@@ -42,8 +42,9 @@ const SSE_HEADERS = {
   'X-Accel-Buffering': 'no',
 };
 
+/** As coderd's httpapi.Write: compact JSON and a newline (Go's json.Encoder), charset=utf-8. */
 function writeJson(res: http.ServerResponse, status: number, body: unknown) {
-  const json = JSON.stringify(body);
+  const json = `${JSON.stringify(body)}\n`;
   res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(json) });
   res.end(json);
 }

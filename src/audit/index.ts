@@ -8,8 +8,19 @@ import { createAuditQueries, type AffectedRow, type AuditCounts } from './querie
 /** Exit statuses of `audit`, so it can gate a rollout. */
 export const AUDIT_EXIT = { NONE_AFFECTED: 0, SOME_AFFECTED: 1, FAILED: 2 } as const;
 
-/** coderd releases that shipped the durable claim check without the fix (PR #23108 .. #26548). */
-export const AFFECTED_RANGE = '>=2.33.0 <2.35.0';
+/**
+ * coderd releases that shipped the durable claim check without the fix (PR #23108 ..
+ * #26548). Read from the releases' own sources (the module proxy serves some): v2.34.3, the
+ * newest 2.34 it serves, seeds on every reconnect; v2.35.1 carries the fix.
+ */
+export const AFFECTED_RANGE = '>=2.33.0 <=2.34.3';
+/** The first release verified to carry the fix, and so the README's retirement advice. */
+export const FIRST_FIXED = '2.35.1';
+/**
+ * Releases between the two that could not be read here: a 2.34.x after 2.34.3 may carry the
+ * 2.34 backport (#26644), and 2.35.0 may or may not. Their release notes say.
+ */
+export const UNVERIFIED_RANGE = `>2.34.3 <${FIRST_FIXED}`;
 
 /** The whole report, as `--json` prints it. */
 export interface AuditReport {
@@ -116,15 +127,19 @@ export async function runAudit(argv: string[], env: Record<string, string | unde
     const upstream = upstreamFrom(config);
     coderd.version = await fetchCoderdVersion(upstream);
     upstream.agent.destroy();
+    void upstream.pool.destroy();
     if (coderd.version === null) coderd.note = `could not read ${config.upstream.origin}/api/v2/buildinfo`;
     else if (config.retireAt && versionRetires(coderd.version, config.retireAt)) {
       coderd.affected = false;
       coderd.note = `in REINIT_GUARD_RETIRE_AT ${config.retireAt}: carries the fix`;
-    } else if (versionRetires(coderd.version, AFFECTED_RANGE)) {
+    } else if (versionRetires(coderd.version, AFFECTED_RANGE) || (config.retireAt && versionRetires(coderd.version, UNVERIFIED_RANGE))) {
       coderd.affected = true;
       coderd.note = config.retireAt
         ? `affected: a release the bug shipped in, below the fix (${config.retireAt})`
-        : 'in a release line the bug shipped in; set REINIT_GUARD_RETIRE_AT to the fixed range to be sure';
+        : `affected: a release the bug shipped in (${AFFECTED_RANGE}); the fix is in ${FIRST_FIXED}`;
+    } else if (versionRetires(coderd.version, UNVERIFIED_RANGE)) {
+      coderd.affected = null;
+      coderd.note = `between the last release known to have the bug (2.34.3) and the first known to be fixed (${FIRST_FIXED}): check its release notes for coder#26644 and set REINIT_GUARD_RETIRE_AT`;
     } else {
       coderd.affected = false;
       coderd.note = `outside ${AFFECTED_RANGE}: not a release the bug shipped in`;

@@ -39,6 +39,8 @@ export interface Config {
   cacheSize: number;
   suppressCacheTtlMs: number;
   passCacheTtlMs: number;
+  /** How long a held /reinit stream is kept before it is ended so the agent asks again. */
+  holdMaxMs: number;
   logLevel: LogLevel;
   forwardedHeaders: ForwardedHeaderMode;
   headerTimeoutMs: number;
@@ -74,6 +76,7 @@ export const DEFAULT_PEEK_MAX_BYTES = '64KiB';
 export const DEFAULT_CACHE_SIZE = '100000';
 export const DEFAULT_SUPPRESS_CACHE_TTL = '24h';
 export const DEFAULT_PASS_CACHE_TTL = '2s';
+export const DEFAULT_HOLD_MAX = '60s';
 /** A "claim build is latest" verdict goes stale as soon as the user builds again. */
 export const MAX_PASS_CACHE_TTL_MS = 10_000;
 export const DEFAULT_LOG_LEVEL: LogLevel = 'info';
@@ -89,7 +92,7 @@ const parseServername = (raw: string): Parsed<string> =>
   /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/i.test(raw.trim()) ? { ok: true, value: raw.trim() } : { ok: false, rule: 'use a DNS name such as coder.example.com' };
 
 const parseRange = (raw: string): Parsed<string> =>
-  isValidRange(raw.trim()) ? { ok: true, value: raw.trim() } : { ok: false, rule: 'use a semver range such as >=2.34.6, or >=2.34.6 <2.35.0 || >=2.35.1' };
+  isValidRange(raw.trim()) ? { ok: true, value: raw.trim() } : { ok: false, rule: 'use a semver range such as >=2.35.1, or >=2.34.6 <2.35.0 || >=2.35.1' };
 
 /** "auto" (one per CPU) or a whole number of workers. */
 const parseWorkers = (raw: string): Parsed<number> =>
@@ -135,6 +138,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   option({ env: 'REINIT_GUARD_CACHE_SIZE', key: 'cacheSize', doc: 'most workspaces whose verdict is cached', default: DEFAULT_CACHE_SIZE, parse: (r) => parseInteger(r, 0, 10_000_000) }),
   option({ env: 'REINIT_GUARD_SUPPRESS_CACHE_TTL', key: 'suppressCacheTtlMs', doc: 'how long a "claim already handled" verdict is cached (it is final)', default: DEFAULT_SUPPRESS_CACHE_TTL, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_PASS_CACHE_TTL', key: 'passCacheTtlMs', doc: 'how long a "claim build is the latest" verdict is cached (at most 10s)', default: DEFAULT_PASS_CACHE_TTL, parse: maxPassTtl }),
+  option({ env: 'REINIT_GUARD_HOLD_MAX', key: 'holdMaxMs', doc: 'how long a stream held back (claim build not created yet) is kept before it is ended cleanly, so the agent reconnects and is judged again', default: DEFAULT_HOLD_MAX, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_LOG_LEVEL', key: 'logLevel', doc: 'debug, info, warn or error', default: DEFAULT_LOG_LEVEL, parse: (r) => parseEnum(r, LOG_LEVELS) }),
   option({ env: 'REINIT_GUARD_FORWARDED_HEADERS', key: 'forwardedHeaders', doc: 'append: add the client to X-Forwarded-For and set X-Forwarded-Proto/Host if absent; off: forward them as received', default: DEFAULT_FORWARDED_HEADERS, parse: (r) => parseEnum(r, FORWARDED_HEADER_MODES) }),
   option({ env: 'REINIT_GUARD_HEADER_TIMEOUT', key: 'headerTimeoutMs', doc: 'how long a client may take to send its request headers (slow-client protection); streams and bodies have no deadline', default: DEFAULT_HEADER_TIMEOUT, parse: parseDuration }),
@@ -142,7 +146,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   option({ env: 'REINIT_GUARD_UPSTREAM_CA_FILE', key: 'upstreamCa', doc: 'PEM file of CA certificates to trust for an https upstream, in addition to the system ones', parse: readPemFile }),
   option({ env: 'REINIT_GUARD_WORKERS', key: 'workers', doc: 'proxy worker processes (auto: one per CPU); verdicts, the database pool and the admin port stay in one primary', default: DEFAULT_WORKERS, parse: parseWorkers }),
   option({ env: 'REINIT_GUARD_SHUTDOWN_GRACE', key: 'shutdownGraceMs', doc: 'on SIGTERM, how long in-flight requests may take to finish before streams and tunnels are closed', default: DEFAULT_SHUTDOWN_GRACE, parse: parseDuration }),
-  option({ env: 'REINIT_GUARD_RETIRE_AT', key: 'retireAt', doc: "semver range of coderd versions that carry the fix (e.g. >=2.34.6); when coderd's buildinfo matches, the guard behaves as off and says it can be removed", parse: parseRange }),
+  option({ env: 'REINIT_GUARD_RETIRE_AT', key: 'retireAt', doc: "semver range of coderd versions that carry the fix (e.g. >=2.35.1); when coderd's buildinfo matches, the guard behaves as off and says it can be removed", parse: parseRange }),
   option({ env: 'REINIT_GUARD_RETIRE_POLL', key: 'retirePollMs', doc: "how often coderd's /api/v2/buildinfo is read (for the version in metrics and retirement)", default: DEFAULT_RETIRE_POLL, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_PROBE_INTERVAL', key: 'probeIntervalMs', doc: 'how often coderd and the database are probed for /readyz, coder_reinit_guard_dependency_up and the log (never for readiness)', default: DEFAULT_PROBE_INTERVAL, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_TLS_LISTEN', key: 'tlsListen', doc: 'host:port of an additional TLS listener for proxied traffic (needs REINIT_GUARD_TLS_CERT_FILE and REINIT_GUARD_TLS_KEY_FILE)', parse: parseHostPort }),

@@ -15,14 +15,41 @@ export interface ReinitDeps extends ForwardDeps {
   decider: Decider;
   peekTimeoutMs: number;
   peekMaxBytes: number;
+  /** How long a held stream is kept before it is ended so the agent asks again. */
+  holdMaxMs: number;
 }
 
-/** The 409 a patched coderd gives once the claim build is no longer the latest build. */
-export function claimHandledError(workspaceId: string): CoderError {
-  return {
-    message: 'Prebuilt workspace claim was already handled.',
-    detail: `The latest build of workspace ${workspaceId} is not its prebuild claim build, so this agent does not need to reinitialize. (coder-reinit-guard answered for coderd.)`,
-  };
+/**
+ * The body a patched coderd (2.35.1, coderd/workspaceagents.go) answers once the claim build
+ * is no longer the latest build: its words, written as coderd's `httpapi.Write` writes them
+ * (compact JSON, HTML escaped, then a newline), byte for byte.
+ */
+export const CLAIM_HANDLED_BODY = `${JSON.stringify({
+  message: 'Workspace is not a prebuilt workspace waiting to be claimed.',
+  detail: 'The prebuild claim for this workspace has already been handled by an earlier build.',
+})}\n`;
+
+/** The response header that shows the guard answered, not coderd (coderd's words are kept). */
+export const GUARD_HEADER = 'X-Coder-Reinit-Guard';
+
+/** coderd's SSE headers that do not belong on a JSON answer; the rest of its head is kept. */
+const SSE_ONLY = new Set(['content-type', 'cache-control', 'connection', 'x-accel-buffering', 'content-length', 'transfer-encoding', 'keep-alive']);
+
+/**
+ * Answers 409 as a patched coderd does: its status, body and content type, with the headers
+ * coderd's middleware set on this very request (Coder-Build-Version, X-Content-Type-Options,
+ * Date, ...), plus {@link GUARD_HEADER}.
+ */
+function writeClaimHandled(head: UpstreamHead, res: ServerResponse): void {
+  const headers: string[] = [];
+  for (let i = 0; i < head.rawHeaders.length; i += 2) {
+    const name = head.rawHeaders[i] as string;
+    if (!SSE_ONLY.has(name.toLowerCase())) headers.push(name, head.rawHeaders[i + 1] as string);
+  }
+  headers.push('Content-Type', 'application/json; charset=utf-8', 'Content-Length', String(Buffer.byteLength(CLAIM_HANDLED_BODY)), GUARD_HEADER, 'claim-already-handled');
+  res.sendDate = false;
+  res.writeHead(409, headers);
+  res.end(CLAIM_HANDLED_BODY);
 }
 
 /** A 200 whose Content-Type is text/event-stream: coderd streaming the reinit events. */
@@ -91,10 +118,15 @@ export function createReinitHandler(deps: ReinitDeps) {
     const action = record(decision, id, 'enforce');
     if (action === 'suppress') {
       stream.destroy(); // Close coderd's stream: it must not deliver the event later.
-      writeCoderError(res, 409, claimHandledError(id));
+      writeClaimHandled(stream.head, res);
     } else if (action === 'hold') {
+      // The claim build does not exist yet: a patched coderd would wait on pubsub, but the
+      // unpatched one dropped its subscription when it seeded, so this stream can never
+      // carry the claim. Keep it (coderd's pings pass) for a while, then end it cleanly:
+      // the agent reconnects (backoff 100 ms to 10 s) and is judged again, and once the claim
+      // build exists, the event it gets is the genuine one.
       stream.discard(peeked.event.end);
-      relayStream(deps, stream, res, { lazyHead: true });
+      relayStream(deps, stream, res, { lazyHead: true, endAfterMs: deps.holdMaxMs });
     } else {
       relayStream(deps, stream, res);
     }
@@ -142,9 +174,10 @@ export function createReinitHandler(deps: ReinitDeps) {
  * kept, then the rest as it comes, ending the agent's stream the way coderd ended it (a
  * clean end, with trailers; or a cut connection). With `lazyHead` (a held stream: the
  * seeded event was dropped) nothing, not even the head, is sent until coderd writes again
- * or ends, as coderd itself sends nothing before its first write.
+ * or ends, as coderd itself sends nothing before its first write. `endAfterMs` ends the
+ * stream cleanly (and releases coderd's) after that long.
  */
-function relayStream(deps: ForwardDeps, stream: UpstreamStream, res: ServerResponse, opts: { lazyHead?: boolean } = {}): void {
+function relayStream(deps: ForwardDeps, stream: UpstreamStream, res: ServerResponse, opts: { lazyHead?: boolean; endAfterMs?: number } = {}): void {
   let head: { trailers: boolean } | null = null;
   const start = (): boolean => {
     head ??= writeUpstreamHead(deps, stream.head, res);
@@ -152,6 +185,15 @@ function relayStream(deps: ForwardDeps, stream: UpstreamStream, res: ServerRespo
     return head !== null;
   };
   if (!opts.lazyHead && !start()) return;
+  if (opts.endAfterMs !== undefined) {
+    const timer = setTimeout(() => {
+      if (res.writableEnded || res.destroyed) return;
+      stream.destroy();
+      if (start()) res.end();
+    }, opts.endAfterMs);
+    timer.unref();
+    res.once('close', () => clearTimeout(timer));
+  }
   stream.drain({
     write: (chunk) => (start() ? res.write(chunk) : true),
     onDrain: (resume) => res.on('drain', resume),

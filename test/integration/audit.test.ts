@@ -85,6 +85,10 @@ describe('audit', () => {
       ['v2.34.5+abc1234', '>=2.34.6', true],
       ['v2.34.6+def5678', '>=2.34.6', false],
       ['v2.32.9', '', false],
+      // Read from the releases' sources: 2.34.3 has the bug, 2.35.1 the fix, between unknown.
+      ['v2.34.3+4653f32', '', true],
+      ['v2.35.1+8b44bd6', '', false],
+      ['v2.34.5+abc1234', '', null],
     ] as const) {
       const s = await startCoderdStandin({ pgUrl: db.url, version });
       standins.push(s);

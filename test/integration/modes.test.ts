@@ -118,6 +118,17 @@ describe('database failures fail open within the deadline', () => {
     expect(r.body.toString()).toBe('event: ping\n\n');
     expect(r.headMs).toBeGreaterThanOrEqual(PING_MS * 0.8);
   });
+
+  it('a held stream ends cleanly after REINIT_GUARD_HOLD_MAX, so the agent asks again', async () => {
+    const g = await start({ REINIT_GUARD_PG_URL: db.url, REINIT_GUARD_HOLD_MAX: '300ms' });
+    const ws = await createWorkspace(db.sql, user, 'racing-claim-2');
+    const { jobId } = await addBuild(db.sql, ws, { initiator: PREBUILDS_USER_ID, stage: STAGE.CREATE });
+    const r = await connectReinit(g.url, await addAgent(db.sql, jobId), { until: () => false, timeoutMs: 5000 });
+    expect(r.status).toBe(200);
+    expect(r.stopped).toBe('ended');
+    expect(r.body.toString()).not.toContain('prebuild_claimed');
+    expect(r.totalMs).toBeGreaterThanOrEqual(250);
+  });
 });
 
 describe('database access', () => {
