@@ -42,14 +42,22 @@ false: accept that as "off" rather than failing on it.
 {{/* Validates the values that must agree with each other; fails with what to set. */}}
 {{- define "guard.validate" -}}
 {{- $g := .Values.reinitGuard -}}
-{{- if not (has $g.topology (list "takeover" "ingress")) -}}
-{{- fail (printf "reinitGuard.topology %q is not valid: use takeover or ingress" $g.topology) -}}
+{{- if not (has $g.topology (list "takeover" "ingress" "gateway")) -}}
+{{- fail (printf "reinitGuard.topology %q is not valid: use takeover, ingress or gateway" $g.topology) -}}
 {{- end -}}
 {{- if not (has (include "guard.mode" .) (list "enforce" "observe" "off")) -}}
 {{- fail (printf "reinitGuard.mode %q is not valid: use enforce, observe or off" (include "guard.mode" .)) -}}
 {{- end -}}
 {{- if eq $g.topology "ingress" -}}
 {{- $_ := required "reinitGuard.ingress.host is required with topology ingress: set it to the host of CODER_ACCESS_URL (e.g. coder.example.com)" $g.ingress.host -}}
+{{- end -}}
+{{- if eq $g.topology "gateway" -}}
+{{- if not $g.gateway.parentRefs -}}
+{{- fail "reinitGuard.gateway.parentRefs is required with topology gateway: set it to the parentRefs of coder's HTTPRoute (coder.httproute.parentRefs), e.g. [{name: public, namespace: gateway-system}]" -}}
+{{- end -}}
+{{- if not $g.gateway.hostnames -}}
+{{- fail "reinitGuard.gateway.hostnames is required with topology gateway: set it to the host of CODER_ACCESS_URL, as in coder.httproute.host (e.g. [coder.example.com])" -}}
+{{- end -}}
 {{- end -}}
 {{- if $g.tls.enable -}}
 {{- $_ := required "reinitGuard.tls.secretName is required when reinitGuard.tls.enable is true: name the kubernetes.io/tls Secret with the certificate" $g.tls.secretName -}}
@@ -64,6 +72,8 @@ false: accept that as "off" rather than failing on it.
 {{- $g := .Values.reinitGuard -}}
 {{- if eq $g.topology "takeover" -}}
 {{ $g.upstream.scheme }}://{{ $g.upstream.serviceName }}.{{ .Release.Namespace }}.svc.cluster.local:{{ $g.upstream.port }}
+{{- else if eq $g.topology "gateway" -}}
+{{ $g.upstream.scheme }}://{{ $g.gateway.coderServiceName }}.{{ .Release.Namespace }}.svc.cluster.local:{{ $g.gateway.coderServicePort }}
 {{- else -}}
 {{ $g.upstream.scheme }}://{{ $g.ingress.coderServiceName }}.{{ .Release.Namespace }}.svc.cluster.local:{{ $g.ingress.coderServicePort }}
 {{- end -}}

@@ -1,0 +1,177 @@
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
+import { chart, goldenDir, helms, objects, requireTools, scenarios, scratch, valuesFile, type Obj } from './tools.js';
+
+/**
+ * The chart meets real Helm, both majors (built from their modules by tools/build.sh):
+ * `helm lint --strict`, `helm template` against the golden files (UPDATE_GOLDEN=1 rewrites them
+ * from Helm's own output), the values schema and the chart's own checks as Helm enforces them,
+ * and `helm package`. Objects meeting the API server: install.test.ts.
+ */
+const release = 'coder-reinit-guard';
+const template = (h: (typeof helms)[number], ...args: string[]) => h.run(['template', release, chart, '-n', 'coder', ...args]);
+
+/**
+ * The golden files hold Helm 3's bytes. Helm 4 prints the same bytes plus one blank line ending
+ * each document: that one difference is taken out, nothing else.
+ */
+const asHelm3 = (h: (typeof helms)[number], text: string) => (h.name === 'helm4' ? text.replace(/\n\n(?=---\n)/g, '\n') : text);
+
+beforeAll(() => requireTools('helm3', 'helm4'));
+
+describe.each(helms)('$name', (helm) => {
+  describe.each(scenarios)('scenario %s', (scenario) => {
+    it('passes helm lint --strict', () => {
+      const out = helm.ok(['lint', '--strict', chart, '-f', valuesFile(scenario)]);
+      expect(out).toContain('1 chart(s) linted, 0 chart(s) failed');
+      expect(out).not.toMatch(/\[(WARNING|ERROR)\]/);
+    });
+
+    it('renders exactly the golden file', () => {
+      const r = template(helm, '-f', valuesFile(scenario));
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      const file = path.join(goldenDir, `${scenario}.yaml`);
+      // Helm 3 writes; Helm 4 must then agree with it.
+      if (process.env.UPDATE_GOLDEN && helm.name === 'helm3') writeFileSync(file, r.stdout);
+      expect(existsSync(file), `${file} is missing: run UPDATE_GOLDEN=1 npm run test:chart and review it`).toBe(true);
+      expect(asHelm3(helm, r.stdout)).toBe(readFileSync(file, 'utf8'));
+    });
+
+    it("labels follow Coder's chart; selectors are exactly name and instance", () => {
+      for (const o of objects(template(helm, '-f', valuesFile(scenario)).stdout)) {
+        expect(o.metadata.labels, `${o.kind}/${o.metadata.name}`).toMatchObject({
+          'app.kubernetes.io/name': 'coder-reinit-guard',
+          'app.kubernetes.io/instance': release,
+          'app.kubernetes.io/part-of': 'coder',
+          'app.kubernetes.io/managed-by': 'Helm',
+          'helm.sh/chart': 'coder-reinit-guard-0.1.0',
+        });
+        if (o.kind === 'Deployment') {
+          expect(o.spec!.selector).toEqual({ matchLabels: { 'app.kubernetes.io/name': 'coder-reinit-guard', 'app.kubernetes.io/instance': release } });
+        }
+      }
+    });
+  });
+
+  it('every scenario has a golden file and every golden file a scenario', () => {
+    expect(readdirSync(goldenDir).map((f) => f.replace(/\.yaml$/, '')).sort()).toEqual(scenarios);
+  });
+
+  describe('the values schema, enforced by Helm with its own message', () => {
+    const schemaError = "Error: values don't meet the specifications of the schema(s) in the following chart(s):\ncoder-reinit-guard:\n";
+    it.each([
+      [['reinitGuard.topology=sidecar'], "- at '/reinitGuard/topology': value must be one of 'takeover', 'ingress', 'gateway'"],
+      [['reinitGuard.mode=on'], "- at '/reinitGuard/mode': value must be one of 'enforce', 'observe', 'off', false"],
+      [['reinitGuard.sevice.type=NodePort'], "- at '/reinitGuard': additional properties 'sevice' not allowed"],
+      [['reinitGuard.workers=0'], "- at '/reinitGuard/workers': minimum: got 0, want 1"],
+      [['reinitGuard.dbTimeout=5'], "- at '/reinitGuard/dbTimeout': got number, want string"],
+      [['reinitGuard.service.type=ExternalName'], "- at '/reinitGuard/service/type': value must be one of 'ClusterIP', 'NodePort', 'LoadBalancer'"],
+      [['reinitGuard.gateway.parentRefs[0].nam=public'], "- at '/reinitGuard/gateway/parentRefs/0': missing property 'name'"],
+      [['reinitGuard.prometheusRule.enable=yes'], "- at '/reinitGuard/prometheusRule/enable': got string, want boolean"],
+    ])('--set %j is refused', (sets, message) => {
+      const r = template(helm, ...sets.flatMap((s) => ['--set', s]));
+      expect(r.status).toBe(1);
+      expect(r.stdout).toBe('');
+      expect(r.stderr).toContain(schemaError);
+      expect(r.stderr).toContain(message);
+    });
+
+    it('the defaults pass it (every scenario does, above)', () => {
+      expect(template(helm).status).toBe(0);
+    });
+  });
+
+  describe("the chart's own checks: values that must agree with each other fail with what to set", () => {
+    it.each([
+      [['reinitGuard.topology=ingress'], 'reinitGuard.ingress.host is required with topology ingress'],
+      [['reinitGuard.topology=gateway', 'reinitGuard.gateway.hostnames[0]=coder.example.com'], 'reinitGuard.gateway.parentRefs is required with topology gateway'],
+      [['reinitGuard.topology=gateway', 'reinitGuard.gateway.parentRefs[0].name=public'], 'reinitGuard.gateway.hostnames is required with topology gateway'],
+      [['reinitGuard.tls.enable=true'], 'reinitGuard.tls.secretName is required when reinitGuard.tls.enable is true'],
+      [['reinitGuard.topology=ingress', 'reinitGuard.ingress.host=coder.example.com', 'reinitGuard.ingress.tls.enable=true'], 'reinitGuard.ingress.tls.secretName is required when reinitGuard.ingress.tls.enable is true'],
+    ])('--set %j', (sets, message) => {
+      const r = template(helm, ...sets.flatMap((s) => ['--set', s]));
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(/^Error: execution error at \(coder-reinit-guard\/templates\/[a-z-]+\.yaml:\d+:\d+\): /);
+      expect(r.stderr).toContain(message);
+    });
+  });
+
+  it('packages the chart, and the package renders as the chart does', () => {
+    const dir = scratch(`${helm.name}-package`);
+    try {
+      expect(helm.ok(['package', chart, '-d', dir])).toContain(`Successfully packaged chart and saved it to: ${dir}/coder-reinit-guard-0.1.0.tgz`);
+      const tgz = path.join(dir, 'coder-reinit-guard-0.1.0.tgz');
+      helm.ok(['lint', '--strict', tgz]);
+      // The full scenario reads the dashboard and the alert rules with .Files.Get: the package carries them.
+      const r = helm.run(['template', release, tgz, '-n', 'coder', '-f', valuesFile('full')]);
+      expect(asHelm3(helm, r.stdout)).toBe(readFileSync(path.join(goldenDir, 'full.yaml'), 'utf8'));
+      expect(parse(helm.ok(['show', 'chart', tgz]))).toMatchObject({ name: 'coder-reinit-guard', version: '0.1.0', appVersion: '0.1.0' });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('topology-specific objects (helm3 output; helm4 renders the same golden files)', () => {
+  const objs = (scenario: string): Obj[] => objects(readFileSync(path.join(goldenDir, `${scenario}.yaml`), 'utf8'));
+  const configMap = (o: Obj[]) => o.find((x) => x.kind === 'ConfigMap' && x.metadata.name === release)!.data!;
+
+  it('takeover: a Service named coder selects the guard; the upstream selects the coder pods', () => {
+    const o = objs('takeover');
+    const coder = o.find((x) => x.kind === 'Service' && x.metadata.name === 'coder')!;
+    expect(coder.spec).toMatchObject({ type: 'LoadBalancer', loadBalancerIP: '10.0.0.42', selector: { 'app.kubernetes.io/name': 'coder-reinit-guard' } });
+    expect((coder.spec!.ports as Array<{ port: number }>)[0]!.port).toBe(80);
+    const up = o.find((x) => x.metadata.name === 'coder-upstream')!;
+    expect(up.spec).toMatchObject({ selector: { 'app.kubernetes.io/name': 'coder', 'app.kubernetes.io/instance': 'coder' } });
+    expect(configMap(o).REINIT_GUARD_UPSTREAM).toBe('http://coder-upstream.coder.svc.cluster.local:80');
+  });
+
+  it('tls: the coder Service serves 443 from the guard, which reaches coder over https', () => {
+    const o = objs('tls');
+    const coder = o.find((x) => x.kind === 'Service' && x.metadata.name === 'coder')!;
+    expect((coder.spec!.ports as Array<{ name: string; port: number }>).map((p) => [p.name, p.port])).toEqual([['http', 80], ['https', 443]]);
+    expect(configMap(o)).toMatchObject({
+      REINIT_GUARD_UPSTREAM: 'https://coder-upstream.coder.svc.cluster.local:443',
+      REINIT_GUARD_TLS_LISTEN: '0.0.0.0:8443',
+      REINIT_GUARD_UPSTREAM_SERVERNAME: 'coder.example.com',
+      REINIT_GUARD_UPSTREAM_CA_FILE: '/etc/coder-reinit-guard/upstream-ca/ca.crt',
+    });
+  });
+
+  it('ingress: only the Exact /reinit path goes to the guard, which forwards to the coder Service', () => {
+    const o = objs('ingress');
+    expect(o.find((x) => x.kind === 'Service' && x.metadata.name === 'coder')).toBeUndefined();
+    const ing = o.find((x) => x.kind === 'Ingress')!;
+    expect(ing.spec!.rules).toEqual([
+      { host: 'coder.example.com', http: { paths: [{ path: '/api/v2/workspaceagents/me/reinit', pathType: 'Exact', backend: { service: { name: release, port: { name: 'http' } } } }] } },
+    ]);
+    expect(configMap(o).REINIT_GUARD_UPSTREAM).toBe('http://coder.coder.svc.cluster.local:80');
+  });
+
+  it("gateway: an HTTPRoute on coder's Gateway and host sends only the Exact /reinit path to the guard", () => {
+    const o = objs('gateway');
+    expect(o.find((x) => x.kind === 'Service' && x.metadata.name === 'coder')).toBeUndefined();
+    expect(o.find((x) => x.kind === 'Ingress')).toBeUndefined();
+    const route = o.find((x) => x.kind === 'HTTPRoute')!;
+    expect(route.apiVersion).toBe('gateway.networking.k8s.io/v1');
+    expect(route.spec).toEqual({
+      parentRefs: [{ name: 'public', namespace: 'gateway-system', sectionName: 'https' }],
+      hostnames: ['coder.example.com'],
+      rules: [{ matches: [{ path: { type: 'Exact', value: '/api/v2/workspaceagents/me/reinit' } }], backendRefs: [{ name: release, port: 80 }] }],
+    });
+    // Port 80 of the guard's own Service is its proxy port.
+    const svc = o.find((x) => x.kind === 'Service' && x.metadata.name === release)!;
+    expect(svc.spec!.ports).toContainEqual({ name: 'http', port: 80, targetPort: 'http', protocol: 'TCP' });
+    expect(configMap(o).REINIT_GUARD_UPSTREAM).toBe('http://coder.coder.svc.cluster.local:80');
+  });
+
+  it('full: the PrometheusRule ships rules/alerts.yaml as it is (the file promtool tests)', () => {
+    const rule = objs('full').find((x) => x.kind === 'PrometheusRule')!;
+    expect(rule.metadata.labels).toMatchObject({ release: 'prometheus' });
+    expect(rule.spec).toEqual(parse(readFileSync(path.join(chart, 'rules/alerts.yaml'), 'utf8')));
+    expect(objs('takeover').find((x) => x.kind === 'PrometheusRule')).toBeUndefined();
+  });
+});
