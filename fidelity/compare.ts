@@ -1,0 +1,232 @@
+/**
+ * Compares what the real agent SDK saw in three columns: the patched coderd (the oracle),
+ * the unpatched coderd straight, and the guard in front of the unpatched coderd. Ids are
+ * written as <workspace> and <owner> before comparing; everything else is compared as the
+ * bytes arrived (status, Content-Type, body; the event's workspace, reason and owner; or
+ * "waits").
+ */
+
+export interface ReinitEvent {
+  workspace_id: string;
+  reason: string;
+  owner_id?: string;
+}
+export interface SdkResult {
+  outcome: 'event' | 'http' | 'wait' | 'error';
+  event?: ReinitEvent;
+  status?: number;
+  message?: string;
+  detail?: string;
+  error?: string;
+  at_ms: number;
+}
+export interface RawResult {
+  query: string;
+  outcome: 'event' | 'http' | 'wait' | 'ended' | 'error';
+  status?: number;
+  headers?: [string, string][];
+  framing?: string;
+  body: string;
+  first_byte_ms: number;
+  head_ms: number;
+  reads?: { at_ms: number; bytes: string }[];
+  error?: string;
+}
+export interface LoopResult {
+  requests: number;
+  reinits: number;
+  skipped: number;
+  closed: string;
+  first_event_ms: number;
+  first_event?: ReinitEvent;
+  seconds: number;
+}
+export interface Observation {
+  scenario: string;
+  column: string;
+  step: string;
+  workspace: string;
+  owner: string;
+  latest_build: string;
+  sdk?: SdkResult;
+  raw?: RawResult;
+  loop?: LoopResult;
+  guard_saw?: number;
+}
+export interface Check {
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+export interface Results {
+  side: 'patched' | 'unpatched';
+  coder_version: string;
+  buildinfo_version: string;
+  observations: Observation[];
+  checks: Check[];
+  seconds: Record<string, number>;
+}
+
+/**
+ * Rows where the fix changes what the agent sees: the unpatched coderd must differ from the
+ * patched one there (it seeds a spurious event), or the harness failed to reproduce the bug.
+ */
+export const BUG_ROWS = [
+  'claim failed, owner retried with a start / agent (re)connects',
+  'long claimed: user start after the claim / wait=1',
+  'long claimed: user start after the claim / wait=true (the agent)',
+  'long claimed: latest build is a stop / agent (re)connects',
+  'agent loop against a long-claimed workspace / the agent loop over the window',
+];
+
+const PREBUILDS_USER = 'c42fdf75-3097-471c-8c33-fb52454d81c0';
+
+function normalizer(o: Observation): (s: string) => string {
+  return (s) =>
+    s
+      .replaceAll(o.workspace, '<workspace>')
+      .replaceAll(o.owner, '<owner>')
+      .replaceAll(PREBUILDS_USER, '<prebuilds>')
+      .replace(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/g, '<uuid>');
+}
+
+const header = (r: RawResult, name: string) => r.headers?.find(([n]) => n.toLowerCase() === name.toLowerCase())?.[1];
+const json = (s: string) => JSON.stringify(s);
+
+/** The first data event of an SSE body (the bytes the agent acts on). */
+function firstDataEvent(body: string): string {
+  const i = body.indexOf('event: data\n');
+  if (i < 0) return '';
+  const j = body.indexOf('\n\n', i);
+  return body.slice(i, j < 0 ? undefined : j + 2);
+}
+
+/** What must be equal between columns, and how it is shown. */
+function describe(o: Observation): { key: string; text: string; notes: string[] } {
+  const n = normalizer(o);
+  const parts: string[] = [];
+  const keys: string[] = [];
+  const notes: string[] = [];
+  if (o.sdk) {
+    const s = o.sdk;
+    let t: string;
+    if (s.outcome === 'event' && s.event) {
+      t = n(`event ${s.event.reason} workspace=${s.event.workspace_id} owner=${s.event.owner_id ?? '(none)'}`);
+    } else if (s.outcome === 'http') {
+      t = n(`HTTP ${s.status}: ${s.message} / ${s.detail}`);
+    } else if (s.outcome === 'wait') {
+      t = 'waits';
+    } else {
+      t = n(`error: ${s.error ?? ''}`);
+    }
+    parts.push(`SDK ${t}`);
+    keys.push(`sdk:${t}`);
+  }
+  if (o.raw) {
+    const r = o.raw;
+    let t: string;
+    if (r.outcome === 'http') {
+      t = n(`${r.status} ${header(r, 'content-type') ?? '(no content-type)'} ${json(r.body)}`);
+    } else if (r.outcome === 'event') {
+      t = n(`${r.status} ${header(r, 'content-type')} ${json(firstDataEvent(r.body))}`);
+    } else if (r.outcome === 'wait') {
+      t = r.first_byte_ms < 0 ? 'waits (no byte)' : `waits (${json(r.body)})`;
+      if (r.query === 'wait=true' && o.scenario.startsWith('idle stream')) {
+        // The wire row: when the head and the first ping came, and the bytes.
+        const ping = r.reads?.find((x) => x.bytes.includes('event: ping'));
+        t = `head at ${(r.head_ms / 1000).toFixed(1)} s, first ping at ${ping ? (ping.at_ms / 1000).toFixed(1) : '-'} s; body ${json(r.body)}; ${r.framing}`;
+        const headWithPing = ping !== undefined && Math.abs(r.head_ms - ping.at_ms) < 200;
+        const pingNear15 = ping !== undefined && Math.abs(ping.at_ms - 15_000) < 1_500;
+        keys.push(`wire:${headWithPing}:${pingNear15}:${json(r.body)}:${r.framing}`);
+        parts.push(`raw ${t}`);
+        return { key: keys.join(' | '), text: parts.join('; '), notes };
+      }
+    } else if (r.outcome === 'ended') {
+      t = n(`stream ended (${r.status ?? '-'}) ${json(r.body)}`);
+    } else {
+      t = `error: ${r.error}`;
+    }
+    parts.push(`raw ${r.query || '(no query)'}: ${t}`);
+    keys.push(`raw:${t}`);
+    if (r.headers) notes.push(`headers: ${r.headers.map(([k]) => k).join(', ')}; framing ${r.framing}`);
+  }
+  if (o.loop) {
+    const l = o.loop;
+    const first = l.first_event ? n(`; first event ${l.first_event.reason} owner=${l.first_event.owner_id ?? '(none)'}`) : '';
+    const at = l.first_event_ms < 0 ? '' : ` at ${(l.first_event_ms / 1000).toFixed(1)} s`;
+    const t = `${l.requests} /reinit request(s) in ${l.seconds.toFixed(0)} s, ${l.reinits} reinit(s), ${l.skipped} duplicate(s) skipped, ${l.closed}${first}${at}`;
+    parts.push(`loop: ${t}${o.guard_saw !== undefined ? `; the guard counted ${o.guard_saw}` : ''}`);
+    // The hold row: what matters is whether the agent reinitialized once, for the claim, after
+    // the claim build (it is created 3 s into the window), not how often it polled meanwhile.
+    const when = l.first_event_ms < 0 ? '' : l.first_event_ms >= 3000 ? ' after the claim build' : ' before the claim build';
+    keys.push(o.scenario.startsWith('hold') ? `loop:${l.reinits}:${first}${when}` : `loop:${l.requests}:${l.reinits}:${l.skipped}:${l.closed}`);
+  }
+  return { key: keys.join(' | '), text: parts.join('; '), notes };
+}
+
+export interface Report {
+  ok: boolean;
+  text: string;
+  markdown: string;
+}
+
+export function compare(all: Results[]): Report {
+  const rows = new Map<string, Map<string, Observation>>();
+  for (const r of all) {
+    for (const o of r.observations) {
+      const id = `${o.scenario} / ${o.step}`;
+      if (!rows.has(id)) rows.set(id, new Map());
+      rows.get(id)!.set(o.column, o);
+    }
+  }
+  const lines: string[] = [];
+  const md: string[] = ['| scenario / step | latest build | patched coderd (oracle) | unpatched coderd | guard + unpatched | guard = oracle |', '|---|---|---|---|---|---|'];
+  let ok = true;
+  const problems: string[] = [];
+  const versions = all.map((r) => `${r.side}: coder ${r.coder_version} (buildinfo ${r.buildinfo_version})`).join('; ');
+  lines.push(versions, '');
+  for (const [id, cols] of rows) {
+    const p = cols.get('patched');
+    const u = cols.get('unpatched');
+    const g = cols.get('guard');
+    const dp = p && describe(p);
+    const du = u && describe(u);
+    const dg = g && describe(g);
+    const guardOk = !!dp && !!dg && dp.key === dg.key;
+    const bug = !!dp && !!du && dp.key !== du.key;
+    if (!guardOk) {
+      ok = false;
+      problems.push(`guard differs from the oracle: ${id}`);
+    }
+    if (BUG_ROWS.includes(id) && !bug) {
+      ok = false;
+      problems.push(`the unpatched coderd did not reproduce the bug: ${id}`);
+    }
+    lines.push(`[${guardOk ? 'ok' : 'MISMATCH'}] ${id}`);
+    lines.push(`    latest build   ${p?.latest_build ?? u?.latest_build ?? '-'}`);
+    lines.push(`    patched        ${dp?.text ?? '(not run)'}`);
+    lines.push(`    unpatched      ${du?.text ?? '(not run)'}${bug ? '   <- differs from patched' + (BUG_ROWS.includes(id) ? ' (the bug)' : '') : ''}`);
+    lines.push(`    guard          ${dg?.text ?? '(not run)'}`);
+    for (const [name, d] of [['patched', dp], ['unpatched', du], ['guard', dg]] as const) {
+      for (const note of d?.notes ?? []) lines.push(`      ${name} ${note}`);
+    }
+    const cell = (d?: { text: string }) => (d ? d.text.replaceAll('|', '\\|').replaceAll('\n', ' ') : '-');
+    md.push(`| ${id} | ${p?.latest_build ?? '-'} | ${cell(dp)} | ${cell(du)}${bug ? ' **(differs)**' : ''} | ${cell(dg)} | ${guardOk ? 'yes' : '**no**'} |`);
+  }
+  lines.push('', 'Other checks:');
+  md.push('', '| check | side | ok | detail |', '|---|---|---|---|');
+  for (const r of all) {
+    for (const c of r.checks) {
+      if (!c.ok) {
+        ok = false;
+        problems.push(`${r.side}: ${c.name}`);
+      }
+      lines.push(`  [${c.ok ? 'ok' : 'FAIL'}] ${r.side}: ${c.name}: ${c.detail}`);
+      md.push(`| ${c.name} | ${r.side} | ${c.ok ? 'yes' : '**no**'} | ${c.detail.replaceAll('|', '\\|')} |`);
+    }
+  }
+  lines.push('', 'Seconds:');
+  for (const r of all) lines.push(`  ${r.side}: ${Object.entries(r.seconds).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')}`);
+  if (problems.length) lines.push('', 'Problems:', ...problems.map((p) => `  - ${p}`));
+  return { ok, text: lines.join('\n'), markdown: md.join('\n') };
+}

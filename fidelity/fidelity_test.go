@@ -1,0 +1,612 @@
+package fidelity
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	agentproto "github.com/coder/coder/v2/agent/proto"
+	"github.com/coder/coder/v2/buildinfo"
+	"github.com/coder/coder/v2/coderd/coderdtest"
+	"github.com/coder/coder/v2/codersdk"
+	"github.com/coder/coder/v2/enterprise/coderd/coderdenttest"
+	"github.com/coder/coder/v2/enterprise/coderd/license"
+)
+
+// observation is one thing an agent saw in one scenario, in one column.
+type observation struct {
+	Scenario string `json:"scenario"`
+	Column   string `json:"column"`
+	Step     string `json:"step"`
+	// Workspace and Owner let the driver write ids as <workspace> and <owner>.
+	Workspace uuid.UUID   `json:"workspace"`
+	Owner     uuid.UUID   `json:"owner"`
+	Latest    string      `json:"latest_build"`
+	SDK       *sdkResult  `json:"sdk,omitempty"`
+	Raw       *rawResult  `json:"raw,omitempty"`
+	Loop      *loopResult `json:"loop,omitempty"`
+	// GuardSaw: /reinit requests the guard counted (a guard of the observation's own).
+	GuardSaw *float64 `json:"guard_saw,omitempty"`
+}
+
+// check is a named fact beyond /reinit (pass-through, retirement, storm).
+type check struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"`
+}
+
+type results struct {
+	Side         string             `json:"side"`
+	CoderVersion string             `json:"coder_version"`
+	BuildInfo    string             `json:"buildinfo_version"`
+	Observations []observation      `json:"observations"`
+	Checks       []check            `json:"checks"`
+	Seconds      map[string]float64 `json:"seconds"`
+
+	mu sync.Mutex
+}
+
+func (r *results) add(o ...observation) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.Observations = append(r.Observations, o...)
+}
+
+func (r *results) check(name string, ok bool, format string, args ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.Checks = append(r.Checks, check{Name: name, OK: ok, Detail: fmt.Sprintf(format, args...)})
+}
+
+func (r *results) time(name string, start time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.Seconds[name] = time.Since(start).Seconds()
+}
+
+const (
+	// waitWindow: how long an agent is watched before "it waits" is written down. A
+	// patched coderd decides before it writes anything; nothing arrives later than this
+	// but pings (every 15 s) and pubsub events.
+	waitWindow = 3 * time.Second
+	// eventWindow: how long a claim's pubsub event may take once the claim build ended.
+	eventWindow = 20 * time.Second
+	// wireWindow: one idle stream is watched past coderd's first ping (15 s).
+	wireWindow = 17 * time.Second
+)
+
+// scenario is one row group of the table; run gets the agent's base URL (coderd or the
+// guard) and returns what the agent saw.
+type scenario struct {
+	name string
+	// preset: the scenario needs a prebuild of its own per column.
+	preset bool
+	run    func(ctx context.Context, t *testing.T, s *scenarioCtx) []observation
+}
+
+type scenarioCtx struct {
+	d      *deployment
+	base   string
+	column string
+	tpl    template
+	plain  template
+	pool   *prebuildPool
+	loop   time.Duration
+	// loopGuard starts a guard of its own for the loop count (guard column only).
+	loopGuard func(t *testing.T) *guardProc
+}
+
+func (s *scenarioCtx) obs(scenario, step string, ws uuid.UUID) observation {
+	return observation{Scenario: scenario, Column: s.column, Step: step, Workspace: ws, Owner: s.d.memberID}
+}
+
+func (s *scenarioCtx) latest(ctx context.Context, ws uuid.UUID) string {
+	return latestBuildSummary(ctx, s.d.env.sqlDB, ws)
+}
+
+// probe: the agent's own call and the same request on a raw socket, side by side.
+func (s *scenarioCtx) probe(ctx context.Context, scenario, step string, ws uuid.UUID, token, query string) observation {
+	o := s.obs(scenario, step, ws)
+	o.Latest = s.latest(ctx, ws)
+	var wg sync.WaitGroup
+	if query == "wait=true" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := sdkWait(ctx, s.base, token, waitWindow)
+			o.SDK = &r
+		}()
+	}
+	r := rawReinit(ctx, s.base, token, query, waitWindow)
+	o.Raw = &r
+	wg.Wait()
+	return o
+}
+
+func presetName(scenario, column string) string { return scenario + "@" + column }
+
+// claimed: a prebuild of the scenario's preset, claimed by the member, claim build done.
+func (s *scenarioCtx) claimed(ctx context.Context, t *testing.T, key, name string) (uuid.UUID, string) {
+	preset, ws := s.pool.take(ctx, t, presetName(key, s.column))
+	b := s.d.claim(ctx, t, s.tpl, preset, ws, name)
+	awaitBuild(ctx, t, s.d.member, b.ID)
+	return ws, agentToken(ws.String(), agentName(0))
+}
+
+func wsName(prefix, column string) string {
+	return prefix + strings.NewReplacer(".", "", "@", "-").Replace(column) + "-" + strconv.FormatInt(time.Now().UnixNano()%1e6, 36)
+}
+
+var scenarios = []scenario{
+	{name: "never a prebuild", run: func(ctx context.Context, t *testing.T, s *scenarioCtx) []observation {
+		ws, err := s.d.member.CreateUserWorkspace(ctx, codersdk.Me, codersdk.CreateWorkspaceRequest{TemplateID: s.plain.id, Name: wsName("plain-", s.column)})
+		require.NoError(t, err)
+		awaitBuild(ctx, t, s.d.member, ws.LatestBuild.ID)
+		return []observation{s.probe(ctx, "never a prebuild", "agent connects", ws.ID, agentToken(ws.ID.String(), agentName(0)), "wait=true")}
+	}},
+	{name: "claim arrives by pubsub", preset: true, run: func(ctx context.Context, t *testing.T, s *scenarioCtx) []observation {
+		preset, ws := s.pool.take(ctx, t, presetName("claim arrives by pubsub", s.column))
+		token := agentToken(ws.String(), agentName(0))
+		before, after := s.obs("claim arrives by pubsub", "unclaimed prebuild: agent waits", ws), s.obs("claim arrives by pubsub", "claimed meanwhile: the waiting stream", ws)
+		before.Latest = s.latest(ctx, ws)
+		var raw rawResult
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			raw = rawReinit(ctx, s.base, token, "wait=true", waitWindow+eventWindow)
+		}()
+		var early sdkResult
+		r := sdkWaitUntil(ctx, s.base, token, eventWindow, func() {
+			time.Sleep(waitWindow)
+			early = sdkResult{Outcome: "wait"}
+			b := s.d.claim(ctx, t, s.tpl, preset, ws, wsName("claimed-", s.column))
+			awaitBuild(ctx, t, s.d.member, b.ID)
+		})
+		wg.Wait()
+		before.SDK = &early
+		after.Latest = s.latest(ctx, ws)
+		after.SDK, after.Raw = &r, &raw
+		return []observation{before, after}
+	}},
+	{name: "claim build is the latest, succeeded", preset: true, run: func(ctx context.Context, t *testing.T, s *scenarioCtx) []observation {
+		ws, token := s.claimed(ctx, t, "claim build is the latest, succeeded", wsName("claimed-", s.column))
+		return []observation{s.probe(ctx, "claim build is the latest, succeeded", "agent (re)connects", ws, token, "wait=true")}
+	}},
+	{name: "claim build in progress, then completing", preset: true, run: func(ctx context.Context, t *testing.T, s *scenarioCtx) []observation {
+		const sc = "claim build in progress, then completing"
+		preset, ws := s.pool.take(ctx, t, presetName(sc, s.column))
+		token := agentToken(ws.String(), agentName(0))
+		name := wsName(slowClaimPrefix, s.column)
+		var raw rawResult
+		var reconnect observation
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			raw = rawReinit(ctx, s.base, token, "wait=true", 4*waitWindow+eventWindow)
+		}()
+		r := sdkWaitUntil(ctx, s.base, token, eventWindow, func() {
+			time.Sleep(waitWindow)
+			s.d.claim(ctx, t, s.tpl, preset, ws, name)
+			select {
+			case <-waitEntered(s.d.gates, name):
+			case <-time.After(2 * time.Minute):
+				t.Error("the slow claim build never started")
+			}
+			reconnect = s.probe(ctx, sc, "agent reconnects while the claim build runs", ws, token, "wait=true")
+			s.d.gates.release(name)
+		})
+		wg.Wait()
+		after := s.obs(sc, "stream opened before the claim, after the build completed", ws)
+		after.Latest = s.latest(ctx, ws)
+		after.SDK, after.Raw = &r, &raw
+		return []observation{reconnect, after}
+	}},
+	{name: "claim build failed", preset: true, run: func(ctx context.Context, t *testing.T, s *scenarioCtx) []observation {
+		ws, token := s.claimed(ctx, t, "claim build failed", wsName(failClaimPrefix, s.column))
+		return []observation{s.probe(ctx, "claim build failed", "agent (re)connects", ws, token, "wait=true")}
+	}},
+	{name: "claim failed, owner retried with a start", preset: true, run: func(ctx context.Context, t *testing.T, s *scenarioCtx) []observation {
+		ws, token := s.claimed(ctx, t, "claim failed, owner retried with a start", wsName(failClaimPrefix, s.column))
+		s.d.build(ctx, t, ws, codersdk.WorkspaceTransitionStart)
+		return []observation{s.probe(ctx, "claim failed, owner retried with a start", "agent (re)connects", ws, token, "wait=true")}
+	}},
+	{name: "long claimed: user start after the claim", preset: true, run: func(ctx context.Context, t *testing.T, s *scenarioCtx) []observation {
+		const sc = "long claimed: user start after the claim"
+		ws, token := s.claimed(ctx, t, sc, wsName("claimed-", s.column))
+		s.d.build(ctx, t, ws, codersdk.WorkspaceTransitionStop)
+		s.d.build(ctx, t, ws, codersdk.WorkspaceTransitionStart)
+		out := []observation{}
+		for _, q := range []struct{ step, query string }{
+			{"wait absent", ""}, {"wait=false", "wait=false"}, {"wait=1", "wait=1"}, {"wait=true (the agent)", "wait=true"},
+		} {
+			out = append(out, s.probe(ctx, sc, q.step, ws, token, q.query))
+		}
+		return out
+	}},
+	{name: "long claimed: latest build is a stop", preset: true, run: func(ctx context.Context, t *testing.T, s *scenarioCtx) []observation {
+		ws, token := s.claimed(ctx, t, "long claimed: latest build is a stop", wsName("claimed-", s.column))
+		s.d.build(ctx, t, ws, codersdk.WorkspaceTransitionStop)
+		return []observation{s.probe(ctx, "long claimed: latest build is a stop", "agent (re)connects", ws, token, "wait=true")}
+	}},
+	{name: "hold: owner changed, claim build not created yet", preset: true, run: func(ctx context.Context, t *testing.T, s *scenarioCtx) []observation {
+		const sc = "hold: owner changed, claim build not created yet"
+		preset, ws := s.pool.take(ctx, t, presetName(sc, s.column))
+		token := agentToken(ws.String(), agentName(0))
+		s.d.holdClaim(ctx, t, preset, ws, wsName("held-", s.column))
+		first := s.probe(ctx, sc, "agent connects before the claim build exists", ws, token, "wait=true")
+		// The agent as it runs: its reinit loop, while the claim build is created and runs.
+		var stream sdkResult
+		var raw rawResult
+		var loop loopResult
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			raw = rawReinit(ctx, s.base, token, "wait=true", waitWindow+eventWindow)
+		}()
+		go func() {
+			defer wg.Done()
+			loop = agentLoop(ctx, s.base, token, waitWindow+eventWindow, true, nil)
+		}()
+		stream = sdkWaitUntil(ctx, s.base, token, eventWindow, func() {
+			time.Sleep(waitWindow)
+			awaitBuild(ctx, t, s.d.member, s.d.finishHoldClaim(ctx, t, s.tpl, preset, ws))
+		})
+		wg.Wait()
+		after := s.obs(sc, "stream opened before the claim build; claim build created and completed", ws)
+		after.Latest = s.latest(ctx, ws)
+		after.SDK, after.Raw = &stream, &raw
+		loopObs := s.obs(sc, "the agent's reinit loop over the same time", ws)
+		loopObs.Latest = after.Latest
+		loopObs.Loop = &loop
+		return []observation{first, after, loopObs}
+	}},
+	{name: "agent loop against a long-claimed workspace", preset: true, run: func(ctx context.Context, t *testing.T, s *scenarioCtx) []observation {
+		const sc = "agent loop against a long-claimed workspace"
+		ws, token := s.claimed(ctx, t, sc, wsName("claimed-", s.column))
+		s.d.build(ctx, t, ws, codersdk.WorkspaceTransitionStop)
+		s.d.build(ctx, t, ws, codersdk.WorkspaceTransitionStart)
+		base := s.base
+		var g *guardProc
+		if s.loopGuard != nil {
+			g = s.loopGuard(t)
+			base = g.url
+		}
+		o := s.obs(sc, "the agent loop over the window", ws)
+		o.Latest = s.latest(ctx, ws)
+		l := agentLoop(ctx, base, token, s.loop, true, nil)
+		o.Loop = &l
+		if g != nil {
+			seen, err := g.metric(ctx, "coder_reinit_guard_reinit_requests_total", nil)
+			require.NoError(t, err)
+			o.GuardSaw = &seen
+		}
+		return []observation{o}
+	}},
+	{name: "idle stream on the wire", preset: true, run: func(ctx context.Context, t *testing.T, s *scenarioCtx) []observation {
+		const sc = "idle stream on the wire"
+		_, ws := s.pool.take(ctx, t, presetName(sc, s.column))
+		o := s.obs(sc, "unclaimed prebuild, watched past the first ping", ws)
+		o.Latest = s.latest(ctx, ws)
+		r := rawReinit(ctx, s.base, agentToken(ws.String(), agentName(0)), "wait=true", wireWindow)
+		o.Raw = &r
+		return []observation{o}
+	}},
+}
+
+func waitEntered(g *gates, name string) <-chan struct{} {
+	ch := make(chan struct{})
+	go func() {
+		for n := range g.entered {
+			if n == name {
+				close(ch)
+				return
+			}
+			// Someone else's: put it back for them.
+			go func(n string) { g.entered <- n }(n)
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	return ch
+}
+
+func TestFidelity(t *testing.T) {
+	pgServer := os.Getenv("FIDELITY_PG_URL")
+	out := os.Getenv("FIDELITY_OUT")
+	if pgServer == "" || out == "" {
+		t.Skip("run through the driver: npm run test:coderd (FIDELITY_PG_URL, FIDELITY_OUT)")
+	}
+	loopFor := 60 * time.Second
+	if v := os.Getenv("FIDELITY_LOOP_SECONDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		require.NoError(t, err)
+		loopFor = time.Duration(n) * time.Second
+	}
+	stormWorkspaces := 200
+	if v := os.Getenv("FIDELITY_STORM_WORKSPACES"); v != "" {
+		n, err := strconv.Atoi(v)
+		require.NoError(t, err)
+		stormWorkspaces = n
+	}
+	logDir := filepath.Dir(out)
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+	total := time.Now()
+
+	res := &results{Seconds: map[string]float64{}}
+	start := time.Now()
+	env := startCoderd(t, pgServer, logDir)
+	res.CoderVersion, res.BuildInfo = env.version, buildinfo.Version()
+	res.Side = "unpatched"
+	columns := []string{"unpatched"}
+	if env.version != "v2.34.3" {
+		res.Side = "patched"
+		columns = []string{"patched"}
+	} else {
+		columns = append(columns, "guard")
+	}
+	res.time("coderd start (migrations included)", start)
+
+	roleURL := guardRoleURL(t, env)
+	guardLog := func(name string) string { return filepath.Join(logDir, "guard-"+env.version+"-"+name+".log") }
+	mainGuard := startGuard(t, guardConfig{upstream: env.url.String(), pgURL: roleURL, logPath: guardLog("main")})
+
+	// A user session through the guard: the first user, a login, list calls.
+	start = time.Now()
+	d := &deployment{env: env, gates: newGates()}
+	viaGuard := codersdk.New(mustURL(mainGuard.url))
+	first, err := viaGuard.CreateFirstUser(ctx, coderdtest.FirstUserParams)
+	res.check("user session through the guard: first user", err == nil, "POST /api/v2/users/first: %v", err)
+	require.NoError(t, err)
+	login, err := viaGuard.LoginWithPassword(ctx, codersdk.LoginWithPasswordRequest{Email: coderdtest.FirstUserParams.Email, Password: coderdtest.FirstUserParams.Password})
+	res.check("user session through the guard: login", err == nil, "POST /api/v2/users/login: %v", err)
+	require.NoError(t, err)
+	viaGuard.SetSessionToken(login.SessionToken)
+	users, err := viaGuard.Users(ctx, codersdk.UsersRequest{})
+	res.check("user session through the guard: list users", err == nil && len(users.Users) == 1, "GET /api/v2/users: %d users, %v", len(users.Users), err)
+	d.orgID = first.OrganizationID
+	d.admin = codersdk.New(env.url)
+	d.admin.SetSessionToken(login.SessionToken)
+	coderdenttest.AddLicense(t, d.admin, coderdenttest.LicenseOptions{Features: license.Features{codersdk.FeatureWorkspacePrebuilds: 1}})
+	member, memberUser := coderdtest.CreateAnotherUser(t, d.admin, d.orgID)
+	d.member, d.memberID = member, memberUser.ID
+	compareDirect(ctx, t, res, env, mainGuard, login.SessionToken)
+	startProvisionerDaemons(t, env, d.gates, 4)
+
+	// Templates: one without presets, one with a preset per scenario and column.
+	spec := templateSpec{}
+	for _, sc := range scenarios {
+		if sc.preset {
+			for _, c := range columns {
+				spec.Presets = append(spec.Presets, presetSpec{Name: presetName(sc.name, c), Instances: 1})
+			}
+		}
+	}
+	if res.Side == "unpatched" {
+		spec.Presets = append(spec.Presets, presetSpec{Name: presetName("agent RPC", "guard"), Instances: 1})
+	}
+	plain := d.createTemplate(ctx, t, "plain", templateSpec{})
+	tpl := d.createTemplate(ctx, t, "prebuilt", spec)
+	res.time("setup (users, license, templates)", start)
+
+	pool := &prebuildPool{d: d, tpl: tpl, seen: map[string]bool{}}
+	start = time.Now()
+	t.Run("scenarios", func(t *testing.T) {
+		for _, col := range columns {
+			base := env.url.String()
+			var loopGuard func(t *testing.T) *guardProc
+			if col == "guard" {
+				base = mainGuard.url
+				loopGuard = func(t *testing.T) *guardProc {
+					return startGuard(t, guardConfig{upstream: env.url.String(), pgURL: roleURL, logPath: guardLog("loop")})
+				}
+			}
+			sctx := &scenarioCtx{d: d, base: base, column: col, tpl: tpl, plain: plain, pool: pool, loop: loopFor, loopGuard: loopGuard}
+			for _, sc := range scenarios {
+				t.Run(col+"/"+sc.name, func(t *testing.T) {
+					t.Parallel()
+					res.add(sc.run(ctx, t, sctx)...)
+				})
+			}
+		}
+		if res.Side == "unpatched" {
+			t.Run("agent RPC through the guard", func(t *testing.T) {
+				t.Parallel()
+				agentRPCThroughGuard(ctx, t, res, d, pool, mainGuard)
+			})
+			t.Run("reconnect storm", func(t *testing.T) {
+				t.Parallel()
+				storm(ctx, t, res, d, roleURL, guardLog("storm"), stormWorkspaces)
+			})
+		}
+		t.Run("retirement", func(t *testing.T) {
+			t.Parallel()
+			retirement(ctx, t, res, env, roleURL, guardLog("retire"))
+		})
+	})
+	res.time("scenarios", start)
+	res.time("total", total)
+
+	b, err := json.MarshalIndent(res, "", "  ")
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(out, b, 0o644))
+}
+
+// compareDirect: coderd's answers through the guard equal coderd's own, byte for byte:
+// status, body and headers, but for the ones that differ on every request (Date, the
+// request id, the CSRF cookie's random value) and the connection's own (Connection,
+// Keep-Alive: RFC 9110 section 7.6.1).
+func compareDirect(ctx context.Context, t *testing.T, res *results, env *coderdEnv, g *guardProc, token string) {
+	for _, path := range []string{"/api/v2/buildinfo", "/api/v2/users/me", "/api/v2/workspaces"} {
+		ds, dh, db, derr := httpGet(ctx, env.url.String()+path, token)
+		gs, gh, gb, gerr := httpGet(ctx, g.url+path, token)
+		require.NoError(t, derr)
+		require.NoError(t, gerr)
+		dk, gk := comparableHeaders(dh), comparableHeaders(gh)
+		same := ds == gs && string(db) == string(gb) && dk == gk
+		detail := fmt.Sprintf("direct %d, %d bytes; through the guard %d, %d bytes; bodies equal: %v; headers %s", ds, len(db), gs, len(gb), string(db) == string(gb), dk)
+		if dk != gk {
+			detail += "; through the guard: " + gk
+		}
+		res.check("pass-through GET "+path, same, "%s", detail)
+	}
+}
+
+var csrfValue = regexp.MustCompile(`csrf_token=[^;]*`)
+
+func comparableHeaders(h http.Header) string {
+	keys := make([]string, 0, len(h))
+	for k := range h {
+		switch k {
+		case "Date", "X-Coder-Request-Id", "Connection", "Keep-Alive":
+			continue
+		}
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		v := strings.Join(h.Values(k), ", ")
+		if k == "Set-Cookie" {
+			v = csrfValue.ReplaceAllString(v, "csrf_token=<random>")
+		}
+		parts = append(parts, k+": "+v)
+	}
+	return strings.Join(parts, "; ")
+}
+
+func short(b []byte) string {
+	if len(b) > 160 {
+		return string(b[:160]) + "…"
+	}
+	return string(b)
+}
+
+// agentRPCThroughGuard: the agent's RPC connection (WebSocket, dRPC over yamux) as the real
+// SDK opens it, through the guard, and calls on it.
+func agentRPCThroughGuard(ctx context.Context, t *testing.T, res *results, d *deployment, pool *prebuildPool, g *guardProc) {
+	_, ws := pool.take(ctx, t, presetName("agent RPC", "guard"))
+	token := agentToken(ws.String(), agentName(0))
+	client := agentsdkClient(g.url, token)
+	aAPI, _, err := client.ConnectRPC29WithRole(ctx, "agent")
+	res.check("agent RPC through the guard: connect", err == nil, "ConnectRPC29WithRole: %v", err)
+	require.NoError(t, err)
+	defer aAPI.DRPCConn().Close()
+	m, err := aAPI.GetManifest(ctx, &agentproto.GetManifestRequest{})
+	var got uuid.UUID
+	if err == nil {
+		got, err = uuid.FromBytes(m.GetWorkspaceId())
+	}
+	res.check("agent RPC through the guard: GetManifest", err == nil && got == ws, "manifest of workspace %s (want %s), agent %q: %v", got, ws, m.GetAgentName(), err)
+	_, err = aAPI.UpdateLifecycle(ctx, &agentproto.UpdateLifecycleRequest{Lifecycle: &agentproto.Lifecycle{State: agentproto.Lifecycle_READY, ChangedAt: timestamppb.Now()}})
+	res.check("agent RPC through the guard: UpdateLifecycle", err == nil, "%v", err)
+}
+
+// retirement: the guard with the README's REINIT_GUARD_RETIRE_AT in front of this coderd,
+// which reports its real version string.
+func retirement(ctx context.Context, t *testing.T, res *results, env *coderdEnv, roleURL, logPath string) {
+	const retireAt = ">=2.34.6"
+	g := startGuard(t, guardConfig{upstream: env.url.String(), pgURL: roleURL, logPath: logPath, extra: map[string]string{
+		"REINIT_GUARD_RETIRE_AT": retireAt, "REINIT_GUARD_RETIRE_POLL": "1s",
+	}})
+	_, _, body, err := httpGet(ctx, g.url+"/api/v2/buildinfo", "")
+	require.NoError(t, err)
+	var bi codersdk.BuildInfoResponse
+	require.NoError(t, json.Unmarshal(body, &bi))
+	want := env.version != "v2.34.3"
+	var retired float64
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		retired, err = g.metric(ctx, "coder_reinit_guard_retired", nil)
+		if err == nil && (retired == 1) == want && time.Since(deadline.Add(-15*time.Second)) > 3*time.Second {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	rz, _ := g.readyz(ctx)
+	res.check("retirement with REINIT_GUARD_RETIRE_AT="+retireAt, (retired == 1) == want,
+		"coderd reports %q; coder_reinit_guard_retired %v (want %v); /readyz retired=%v", bi.Version, retired, want, rz["retired"])
+}
+
+// storm: 200 long-claimed workspaces with two agents each; the guard restarts while every
+// agent's reinit loop runs; counted: database lookups per workspace.
+func storm(ctx context.Context, t *testing.T, res *results, d *deployment, roleURL, logPath string, n int) {
+	start := time.Now()
+	tpl := d.createTemplate(ctx, t, "storm", templateSpec{Agents: 2, Presets: []presetSpec{{Name: "storm", Instances: int32(n)}}})
+	preset := tpl.presets["storm"]
+	d.awaitPrebuilds(ctx, t, preset, n, 2)
+	// Claim them all (each claim takes one ready prebuild of the preset), then a user
+	// start on each: long-claimed workspaces.
+	claimed := make([]uuid.UUID, 0, n)
+	for i := 0; i < n; i++ {
+		ws, err := d.member.CreateUserWorkspace(ctx, codersdk.Me, codersdk.CreateWorkspaceRequest{
+			TemplateVersionID: tpl.version, TemplateVersionPresetID: preset, Name: fmt.Sprintf("storm-%03d", i),
+		})
+		require.NoError(t, err)
+		claimed = append(claimed, ws.ID)
+		awaitBuild(ctx, t, d.member, ws.LatestBuild.ID)
+	}
+	for _, ws := range claimed {
+		b, err := d.member.CreateWorkspaceBuild(ctx, ws, codersdk.CreateWorkspaceBuildRequest{Transition: codersdk.WorkspaceTransitionStart})
+		require.NoError(t, err)
+		awaitBuild(ctx, t, d.member, b.ID)
+	}
+	res.time("storm setup", start)
+
+	g := startGuard(t, guardConfig{upstream: d.env.url.String(), pgURL: roleURL, logPath: logPath})
+	listen := fmt.Sprintf("127.0.0.1:%d", g.proxyPort)
+	admin := fmt.Sprintf("127.0.0.1:%d", g.adminPort)
+	g.stop() // The restart: agents find the guard gone and retry with backoff.
+	agents := make([]string, 0, 2*n)
+	for _, ws := range claimed {
+		for i := 0; i < 2; i++ {
+			agents = append(agents, agentToken(ws.String(), agentName(i)))
+		}
+	}
+	stormStart := time.Now()
+	loops := make([]loopResult, len(agents))
+	var wg sync.WaitGroup
+	for i, token := range agents {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			loops[i] = agentLoop(ctx, g.url, token, 90*time.Second, false, nil)
+		}()
+	}
+	time.Sleep(2 * time.Second)
+	g = startGuard(t, guardConfig{upstream: d.env.url.String(), pgURL: roleURL, logPath: logPath, listen: listen, admin: admin})
+	wg.Wait()
+	res.time("storm: every agent answered after the restart", stormStart)
+	closed, reinits := 0, 0
+	for _, l := range loops {
+		if strings.HasPrefix(l.Closed, "channel closed") {
+			closed++
+		}
+		reinits += l.Reinits
+	}
+	miss, _ := g.metric(ctx, "coder_reinit_guard_verdict_cache_total", map[string]string{"result": "miss"})
+	shared, _ := g.metric(ctx, "coder_reinit_guard_verdict_cache_total", map[string]string{"result": "shared"})
+	hit, _ := g.metric(ctx, "coder_reinit_guard_verdict_cache_total", map[string]string{"result": "hit"})
+	suppressed, _ := g.metric(ctx, "coder_reinit_guard_reinit_requests_total", map[string]string{"outcome": "suppressed"})
+	res.check(fmt.Sprintf("reconnect storm: %d agents on %d workspaces after a guard restart", len(agents), n),
+		int(miss) == n && closed == len(agents) && reinits == 0,
+		"database lookups (cache misses) %v, shared %v, hits %v; suppressed %v; loops ended by a 409: %d of %d; reinits: %d",
+		miss, shared, hit, suppressed, closed, len(agents), reinits)
+}
