@@ -5,4 +5,4 @@ export GOMODCACHE="$root/.cache/go/mod"
 export GOCACHE="$root/.cache/go/build"
 export GOTOOLCHAIN=local
 export GOFLAGS=-buildvcs=false
-export GONOSUMDB=github.com/coder,github.com/kylecarbs,github.com/dannykopping,github.com/aslilac
+export GONOSUMDB=github.com/coder,github.com/kylecarbs,github.com/dannykopping,github.com/aslilac,github.com/elimity-com/scim

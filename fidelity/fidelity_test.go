@@ -16,12 +16,15 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentproto "github.com/coder/coder/v2/agent/proto"
 	"github.com/coder/coder/v2/buildinfo"
 	"github.com/coder/coder/v2/coderd/coderdtest"
+	"github.com/coder/coder/v2/coderd/database"
 	"github.com/coder/coder/v2/codersdk"
 	"github.com/coder/coder/v2/enterprise/coderd/coderdenttest"
 	"github.com/coder/coder/v2/enterprise/coderd/license"
@@ -205,7 +208,7 @@ var scenarios = []scenario{
 			time.Sleep(waitWindow)
 			s.d.claim(ctx, t, s.tpl, preset, ws, name)
 			select {
-			case <-waitEntered(s.d.gates, name):
+			case <-s.d.gates.entered(name):
 			case <-time.After(2 * time.Minute):
 				t.Error("the slow claim build never started")
 			}
@@ -244,6 +247,25 @@ var scenarios = []scenario{
 		ws, token := s.claimed(ctx, t, "long claimed: latest build is a stop", wsName("claimed-", s.column))
 		s.d.build(ctx, t, ws, codersdk.WorkspaceTransitionStop)
 		return []observation{s.probe(ctx, "long claimed: latest build is a stop", "agent (re)connects", ws, token, "wait=true")}
+	}},
+	{name: "long claimed: user stop in progress", preset: true, run: func(ctx context.Context, t *testing.T, s *scenarioCtx) []observation {
+		// While a stop build runs, coderd still authenticates the agent of the start build
+		// before it (the shutdown case of GetAuthenticatedWorkspaceAgentAndBuildByAuthToken):
+		// an agent that reconnects then reaches the handler with an unfinished latest build.
+		const sc = "long claimed: user stop in progress"
+		name := wsName(slowStopPrefix, s.column)
+		ws, token := s.claimed(ctx, t, sc, name)
+		b, err := s.d.member.CreateWorkspaceBuild(ctx, ws, codersdk.CreateWorkspaceBuildRequest{Transition: codersdk.WorkspaceTransitionStop})
+		require.NoError(t, err)
+		select {
+		case <-s.d.gates.entered(name):
+		case <-time.After(2 * time.Minute):
+			t.Fatal("the slow stop build never started")
+		}
+		o := s.probe(ctx, sc, "agent reconnects while the stop build runs", ws, token, "wait=true")
+		s.d.gates.release(name)
+		awaitBuild(ctx, t, s.d.member, b.ID)
+		return []observation{o}
 	}},
 	{name: "hold: owner changed, claim build not created yet", preset: true, run: func(ctx context.Context, t *testing.T, s *scenarioCtx) []observation {
 		const sc = "hold: owner changed, claim build not created yet"
@@ -309,22 +331,6 @@ var scenarios = []scenario{
 		o.Raw = &r
 		return []observation{o}
 	}},
-}
-
-func waitEntered(g *gates, name string) <-chan struct{} {
-	ch := make(chan struct{})
-	go func() {
-		for n := range g.entered {
-			if n == name {
-				close(ch)
-				return
-			}
-			// Someone else's: put it back for them.
-			go func(n string) { g.entered <- n }(n)
-			time.Sleep(10 * time.Millisecond)
-		}
-	}()
-	return ch
 }
 
 func TestFidelity(t *testing.T) {
@@ -553,21 +559,34 @@ func storm(ctx context.Context, t *testing.T, res *results, d *deployment, roleU
 	preset := tpl.presets["storm"]
 	d.awaitPrebuilds(ctx, t, preset, n, 2)
 	// Claim them all (each claim takes one ready prebuild of the preset), then a user
-	// start on each: long-claimed workspaces.
-	claimed := make([]uuid.UUID, 0, n)
+	// start on each: long-claimed workspaces. Eight at a time, as many users would.
+	claimed := make([]uuid.UUID, n)
+	eg, gctx := errgroup.WithContext(ctx)
+	eg.SetLimit(8)
 	for i := 0; i < n; i++ {
-		ws, err := d.member.CreateUserWorkspace(ctx, codersdk.Me, codersdk.CreateWorkspaceRequest{
-			TemplateVersionID: tpl.version, TemplateVersionPresetID: preset, Name: fmt.Sprintf("storm-%03d", i),
+		eg.Go(func() error {
+			ws, err := d.member.CreateUserWorkspace(gctx, codersdk.Me, codersdk.CreateWorkspaceRequest{
+				TemplateVersionID: tpl.version, TemplateVersionPresetID: preset, Name: fmt.Sprintf("storm-%03d", i),
+			})
+			if err != nil {
+				return err
+			}
+			claimed[i] = ws.ID
+			if err := awaitBuildErr(gctx, d.member, ws.LatestBuild.ID); err != nil {
+				return err
+			}
+			b, err := d.member.CreateWorkspaceBuild(gctx, ws.ID, codersdk.CreateWorkspaceBuildRequest{Transition: codersdk.WorkspaceTransitionStart})
+			if err != nil {
+				return err
+			}
+			return awaitBuildErr(gctx, d.member, b.ID)
 		})
-		require.NoError(t, err)
-		claimed = append(claimed, ws.ID)
-		awaitBuild(ctx, t, d.member, ws.LatestBuild.ID)
 	}
-	for _, ws := range claimed {
-		b, err := d.member.CreateWorkspaceBuild(ctx, ws, codersdk.CreateWorkspaceBuildRequest{Transition: codersdk.WorkspaceTransitionStart})
-		require.NoError(t, err)
-		awaitBuild(ctx, t, d.member, b.ID)
-	}
+	require.NoError(t, eg.Wait())
+	var fromPrebuilds int
+	require.NoError(t, d.env.sqlDB.QueryRowContext(ctx, `SELECT count(*) FROM workspace_builds WHERE workspace_id = ANY($1) AND build_number = 1 AND initiator_id = $2`,
+		pq.Array(claimed), database.PrebuildsSystemUserID).Scan(&fromPrebuilds))
+	require.Equal(t, n, fromPrebuilds, "every storm workspace is a claimed prebuild")
 	res.time("storm setup", start)
 
 	g := startGuard(t, guardConfig{upstream: d.env.url.String(), pgURL: roleURL, logPath: logPath})

@@ -101,6 +101,22 @@ func awaitBuild(ctx context.Context, t *testing.T, client *codersdk.Client, buil
 	return b
 }
 
+// awaitBuildErr is awaitBuild for goroutines: it returns an error instead of failing.
+func awaitBuildErr(ctx context.Context, client *codersdk.Client, buildID uuid.UUID) error {
+	deadline := time.Now().Add(5 * time.Minute)
+	for time.Now().Before(deadline) {
+		b, err := client.WorkspaceBuild(ctx, buildID)
+		if err == nil && b.Job.CompletedAt != nil {
+			if b.Job.Status != codersdk.ProvisionerJobSucceeded {
+				return fmt.Errorf("build %s: %s %s", buildID, b.Job.Status, b.Job.Error)
+			}
+			return nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return fmt.Errorf("build %s did not finish", buildID)
+}
+
 // awaitPrebuild waits until the reconciler has built a prebuild for the preset whose
 // agents reported ready (the claimable state) and returns its workspace id. It reports
 // the agents ready as the agents would (UpdateLifecycle over the agent RPC).

@@ -36,8 +36,9 @@ import (
 //     archive's fidelity.json;
 //   - a claim build of a workspace named "fail-*" fails in apply (terraform apply
 //     errors: the job fails and, as with any failed job, no resources are recorded);
-//   - a claim build of a workspace named "slow-*" stays in apply until the harness
-//     releases it (a running job, as a slow `terraform apply` is).
+//   - a claim build of a workspace named "slow-*", and a stop build of one named
+//     "slowstop-*", stay in apply until the harness releases them (a running job, as a
+//     slow `terraform apply` is).
 
 // templateSpec is the template archive's fidelity.json.
 type templateSpec struct {
@@ -54,6 +55,7 @@ type presetSpec struct {
 const (
 	failClaimPrefix = "fail-"
 	slowClaimPrefix = "slow-"
+	slowStopPrefix  = "slowstop-"
 	specFile        = "fidelity.json"
 )
 
@@ -71,31 +73,35 @@ func agentName(i int) string {
 	return "agent" + string(rune('a'+i))
 }
 
-// gates holds the slow claim builds until released, keyed by workspace name.
+// gates holds the slow builds until released, keyed by workspace name.
 type gates struct {
 	mu    sync.Mutex
-	gates map[string]chan struct{}
-	// entered is signalled with the workspace name when a slow apply starts waiting.
-	entered chan string
+	gates map[string]*gate
 }
 
-func newGates() *gates {
-	return &gates{gates: map[string]chan struct{}{}, entered: make(chan string, 16)}
+type gate struct {
+	entered, released chan struct{}
+	enterOnce         sync.Once
 }
 
-func (g *gates) gate(name string) chan struct{} {
+func newGates() *gates { return &gates{gates: map[string]*gate{}} }
+
+func (g *gates) get(name string) *gate {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	ch, ok := g.gates[name]
+	gt, ok := g.gates[name]
 	if !ok {
-		ch = make(chan struct{})
-		g.gates[name] = ch
+		gt = &gate{entered: make(chan struct{}), released: make(chan struct{})}
+		g.gates[name] = gt
 	}
-	return ch
+	return gt
 }
 
+// entered is closed once the named workspace's slow apply is running.
+func (g *gates) entered(name string) <-chan struct{} { return g.get(name).entered }
+
 // release lets the slow apply of the named workspace finish.
-func (g *gates) release(name string) { close(g.gate(name)) }
+func (g *gates) release(name string) { close(g.get(name).released) }
 
 type kubeLikeProvisioner struct {
 	gates *gates
@@ -126,13 +132,12 @@ func (p *kubeLikeProvisioner) Apply(s *provisionersdk.Session, r *sdkproto.Apply
 	switch {
 	case claim && strings.HasPrefix(name, failClaimPrefix):
 		return &sdkproto.ApplyComplete{Error: "terraform apply: the claim build failed (fidelity harness)"}
-	case claim && strings.HasPrefix(name, slowClaimPrefix):
+	case claim && strings.HasPrefix(name, slowClaimPrefix),
+		md.GetWorkspaceTransition() == sdkproto.WorkspaceTransition_STOP && strings.HasPrefix(name, slowStopPrefix):
+		gt := p.gates.get(name)
+		gt.enterOnce.Do(func() { close(gt.entered) })
 		select {
-		case p.gates.entered <- name:
-		default:
-		}
-		select {
-		case <-p.gates.gate(name):
+		case <-gt.released:
 		case <-canceledOrComplete:
 			return &sdkproto.ApplyComplete{Error: "canceled"}
 		case <-s.Context().Done():
