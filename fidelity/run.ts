@@ -13,7 +13,7 @@
  * Options (environment): FIDELITY_SKIP_BUILD=1 reuses the binaries in .cache/fidelity/bin;
  * FIDELITY_ONLY_BUILD=1 stops after building; FIDELITY_SIDES=unpatched runs one side;
  * FIDELITY_LOOP_SECONDS (default 60) and
- * FIDELITY_STORM_WORKSPACES (default 200) shorten a development run.
+ * FIDELITY_STORM_WORKSPACES (default 100, two agents each) shorten a development run.
  *
  * `--if-cached` (for .ci/run): run only when coder's compiled packages are in the Go
  * build cache (a stamp written after the last successful build names the pinned module
