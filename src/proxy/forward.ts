@@ -82,9 +82,21 @@ export function cutConnection(res: ServerResponse): void {
  * (coderd's body pauses while the client's socket is full), then coderd's end or break.
  */
 export function bodyInto(res: ServerResponse, hop: HopControl, trailers: boolean): ResponseSink {
-  res.on('drain', () => hop.resume());
+  // The drain listener is added only when the client's socket is full, not per response.
+  let waiting = false;
+  const onDrain = () => {
+    waiting = false;
+    hop.resume();
+  };
   return {
-    data: (chunk) => res.write(chunk),
+    data(chunk) {
+      const ok = res.write(chunk);
+      if (!ok && !waiting) {
+        waiting = true;
+        res.once('drain', onDrain);
+      }
+      return ok;
+    },
     end: (rawTrailers) => endResponse(res, rawTrailers, trailers),
     broken: () => cutConnection(res),
   };

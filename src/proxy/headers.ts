@@ -67,7 +67,21 @@ export function toFlat(pairs: readonly HeaderPair[]): string[] {
 export const NEVER_HOP_BY_HOP = new Set(['host', 'content-length', 'transfer-encoding']);
 
 const lower = (s: string) => s.toLowerCase();
-const has = (headers: readonly HeaderPair[], name: string) => headers.some(([k]) => lower(k) === name);
+
+/**
+ * Whether header name `k` is `name` (given in lowercase), case-insensitively. The length is
+ * compared first: every request runs several passes over every header, and most names
+ * differ in length from the one sought, so they are never lowercased.
+ */
+export const isHeader = (k: string, name: string): boolean => k.length === name.length && (k === name || k.toLowerCase() === name);
+
+/** Whether `k` is in `set` (lowercase names), lowercasing only names of a length in the set. */
+export const inSet = (k: string, set: ReadonlySet<string>, lengths: ReadonlySet<number>): boolean => lengths.has(k.length) && set.has(k.toLowerCase());
+
+const lengthsOf = (set: ReadonlySet<string>): ReadonlySet<number> => new Set([...set].map((n) => n.length));
+const HOP_BY_HOP_LENGTHS = lengthsOf(HOP_BY_HOP);
+
+const has = (headers: readonly HeaderPair[], name: string) => headers.some(([k]) => isHeader(k, name));
 
 /**
  * Header names listed in Connection: they are hop-by-hop too (RFC 9110 §7.6.1), except
@@ -76,7 +90,7 @@ const has = (headers: readonly HeaderPair[], name: string) => headers.some(([k])
 export const stripConnectionListed = (headers: HeaderPair[]): HeaderPair[] => {
   const listed = new Set<string>();
   for (const [k, v] of headers) {
-    if (lower(k) !== 'connection') continue;
+    if (!isHeader(k, 'connection')) continue;
     for (const t of v.split(',')) {
       const name = lower(t.trim());
       if (name && !NEVER_HOP_BY_HOP.has(name)) listed.add(name);
@@ -86,7 +100,7 @@ export const stripConnectionListed = (headers: HeaderPair[]): HeaderPair[] => {
 };
 
 /** Drops the fixed hop-by-hop set. */
-export const stripHopByHop = (headers: HeaderPair[]): HeaderPair[] => headers.filter(([k]) => !HOP_BY_HOP.has(lower(k)));
+export const stripHopByHop = (headers: HeaderPair[]): HeaderPair[] => headers.filter(([k]) => !inSet(k, HOP_BY_HOP, HOP_BY_HOP_LENGTHS));
 
 /** HTTP/1.0 clients may omit Host; coderd needs one, so name the upstream. */
 export const ensureHost: RequestPass = (headers, ctx) => (has(headers, 'host') ? headers : [...headers, ['Host', ctx.upstreamHost]]);
@@ -105,7 +119,7 @@ export const appendForwarded: RequestPass = (headers, ctx) => {
   const sent: string[] = [];
   let at = -1;
   for (const h of headers) {
-    if (lower(h[0]) !== 'x-forwarded-for') {
+    if (!isHeader(h[0], 'x-forwarded-for')) {
       out.push(h);
       continue;
     }
@@ -119,7 +133,7 @@ export const appendForwarded: RequestPass = (headers, ctx) => {
   if (at !== -1) out[at] = [(out[at] as HeaderPair)[0], sent.join(', ')];
   else if (addr) out.push(['X-Forwarded-For', addr]);
   if (!has(headers, 'x-forwarded-proto')) out.push(['X-Forwarded-Proto', ctx.encrypted ? 'https' : 'http']);
-  const host = headers.find(([k]) => lower(k) === 'host');
+  const host = headers.find(([k]) => isHeader(k, 'host'));
   if (!has(headers, 'x-forwarded-host') && host) out.push(['X-Forwarded-Host', host[1]]);
   return out;
 };
@@ -138,8 +152,8 @@ export const restateUpgrade: RequestPass = (headers, ctx) =>
 export const restateFraming: RequestPass = (headers, { framing }) => {
   const out: HeaderPair[] = [];
   for (const h of headers) {
-    if (lower(h[0]) !== 'content-length') out.push(h);
-    else if (framing.kind === 'length' && !out.some(([k]) => lower(k) === 'content-length')) out.push([h[0], framing.length]);
+    if (!isHeader(h[0], 'content-length')) out.push(h);
+    else if (framing.kind === 'length' && !has(out, 'content-length')) out.push([h[0], framing.length]);
   }
   if (framing.kind === 'chunked') out.push(['Transfer-Encoding', 'chunked']);
   else if (framing.kind === 'length' && !has(out, 'content-length')) out.push(['Content-Length', framing.length]);

@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
-import { toFlat, upstreamRequestHeaders, type Framing, type HeaderPair } from './headers.js';
+import { inSet, upstreamRequestHeaders, type Framing, type HeaderPair } from './headers.js';
 import { originForm } from './target.js';
 import type { Upstream } from './upstream.js';
 
@@ -62,11 +62,12 @@ const latin1 = (b: Buffer | string) => (typeof b === 'string' ? b : b.toString('
  * lowercased, first and last; their values are the client's.
  */
 const MANAGED_BY_UNDICI = new Set(['transfer-encoding', 'expect', 'connection', 'keep-alive', 'upgrade']);
+const MANAGED_LENGTHS = new Set([...MANAGED_BY_UNDICI].map((n) => n.length));
 
 function undiciHeaders(pairs: readonly HeaderPair[]): string[] {
-  const out: HeaderPair[] = [];
-  for (const p of pairs) if (!MANAGED_BY_UNDICI.has(p[0].toLowerCase())) out.push(p);
-  return toFlat(out);
+  const out: string[] = [];
+  for (const [k, v] of pairs) if (!inSet(k, MANAGED_BY_UNDICI, MANAGED_LENGTHS)) out.push(k, v);
+  return out;
 }
 
 /**

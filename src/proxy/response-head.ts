@@ -1,5 +1,5 @@
 import { STATUS_CODES, validateHeaderName, validateHeaderValue, type IncomingMessage, type ServerResponse } from 'node:http';
-import { clientResponseHeaders, type HeaderPair } from './headers.js';
+import { clientResponseHeaders, isHeader, type HeaderPair } from './headers.js';
 import type { UpstreamHead } from './hop.js';
 
 /**
@@ -26,8 +26,6 @@ export type ResponseHeadProblem = 'invalid_status' | 'unrequested_upgrade' | 'in
 /** What Node's `checkInvalidHeaderChar` refuses: anything but HTAB, SP..~ and obs-text. */
 const INVALID_TEXT = /[^\t\x20-\x7e\x80-\xff]/;
 
-const lower = (s: string) => s.toLowerCase();
-
 /**
  * Whether Node will send this response chunked, which is the only way a trailer section
  * can follow (`OutgoingMessage._storeHeader`): a body is allowed, no Content-Length was
@@ -36,7 +34,7 @@ const lower = (s: string) => s.toLowerCase();
 function willChunk(req: IncomingMessage, res: ServerResponse, status: number, headers: readonly HeaderPair[]): boolean {
   if (req.method === 'HEAD' || status === 204 || status === 304) return false;
   if (!(res as unknown as { useChunkedEncodingByDefault: boolean }).useChunkedEncodingByDefault) return false;
-  return !headers.some(([k]) => lower(k) === 'content-length');
+  return !headers.some(([k]) => isHeader(k, 'content-length'));
 }
 
 const isValidHeader = ([name, value]: HeaderPair): boolean => {
@@ -66,6 +64,6 @@ export function responseHead(req: IncomingMessage, res: ServerResponse, upRes: U
   const message = upRes.statusMessage;
   const reason = INVALID_TEXT.test(message) ? (STATUS_CODES[status] ?? '') : message;
   const trailers = willChunk(req, res, status, headers);
-  if (!trailers) headers = headers.filter(([k]) => lower(k) !== 'trailer');
+  if (!trailers) headers = headers.filter(([k]) => !isHeader(k, 'trailer'));
   return { ok: true, status, reason, headers, trailers };
 }
