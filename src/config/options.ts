@@ -41,6 +41,7 @@ export interface Config {
   passCacheTtlMs: number;
   /** How long a held /reinit stream is kept before it is ended so the agent asks again. */
   holdMaxMs: number;
+  holdRecheckMs: number;
   logLevel: LogLevel;
   forwardedHeaders: ForwardedHeaderMode;
   headerTimeoutMs: number;
@@ -77,6 +78,7 @@ export const DEFAULT_CACHE_SIZE = '100000';
 export const DEFAULT_SUPPRESS_CACHE_TTL = '24h';
 export const DEFAULT_PASS_CACHE_TTL = '2s';
 export const DEFAULT_HOLD_MAX = '60s';
+export const DEFAULT_HOLD_RECHECK = '1s';
 /** A "claim build is latest" verdict goes stale as soon as the user builds again. */
 export const MAX_PASS_CACHE_TTL_MS = 10_000;
 export const DEFAULT_LOG_LEVEL: LogLevel = 'info';
@@ -139,6 +141,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   option({ env: 'REINIT_GUARD_SUPPRESS_CACHE_TTL', key: 'suppressCacheTtlMs', doc: 'how long a "claim already handled" verdict is cached (it is final)', default: DEFAULT_SUPPRESS_CACHE_TTL, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_PASS_CACHE_TTL', key: 'passCacheTtlMs', doc: 'how long a "claim build is the latest" verdict is cached (at most 10s)', default: DEFAULT_PASS_CACHE_TTL, parse: maxPassTtl }),
   option({ env: 'REINIT_GUARD_HOLD_MAX', key: 'holdMaxMs', doc: 'how long a stream held back (claim build not created yet) is kept before it is ended cleanly, so the agent reconnects and is judged again', default: DEFAULT_HOLD_MAX, parse: parseDuration }),
+  option({ env: 'REINIT_GUARD_HOLD_RECHECK', key: 'holdRecheckMs', doc: 'how often a held stream asks the database (bypassing the cache) whether the claim build exists; once it does, the stream is ended cleanly so the agent reconnects and gets coderd\'s genuine event', default: DEFAULT_HOLD_RECHECK, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_LOG_LEVEL', key: 'logLevel', doc: 'debug, info, warn or error', default: DEFAULT_LOG_LEVEL, parse: (r) => parseEnum(r, LOG_LEVELS) }),
   option({ env: 'REINIT_GUARD_FORWARDED_HEADERS', key: 'forwardedHeaders', doc: 'append: add the client to X-Forwarded-For and set X-Forwarded-Proto/Host if absent; off: forward them as received', default: DEFAULT_FORWARDED_HEADERS, parse: (r) => parseEnum(r, FORWARDED_HEADER_MODES) }),
   option({ env: 'REINIT_GUARD_HEADER_TIMEOUT', key: 'headerTimeoutMs', doc: 'how long a client may take to send its request headers (slow-client protection); streams and bodies have no deadline', default: DEFAULT_HEADER_TIMEOUT, parse: parseDuration }),

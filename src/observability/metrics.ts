@@ -16,6 +16,7 @@ export interface Metrics {
   reinitRequests: Counter<'outcome' | 'reason'>;
   decisionSeconds: Histogram<'source'>;
   dbErrors: Counter<'kind'>;
+  holdsReleased: Counter<'reason'>;
   cache: Counter<'result'>;
   upstreamErrors: Counter<'kind'>;
   internalErrors: Counter<'where'>;
@@ -63,6 +64,12 @@ export function createMetrics(defaults = true): Metrics {
       name: 'coder_reinit_guard_db_errors_total',
       help: 'Database lookups that failed, by kind (timeout, unavailable, privilege, error).',
       labelNames: ['kind'],
+      registers,
+    }),
+    holdsReleased: new Counter({
+      name: 'coder_reinit_guard_holds_released_total',
+      help: 'Held /reinit streams ended early because the workspace moved on (the claim build exists), by the new verdict reason.',
+      labelNames: ['reason'],
       registers,
     }),
     cache: new Counter({

@@ -29,7 +29,12 @@ export interface DeciderOptions {
 
 /** Gives verdicts for workspaces: cached, shared between concurrent callers, bounded. */
 export interface Decider {
-  decide(workspaceId: string): Promise<Decision>;
+  /**
+   * A verdict for the workspace. `fresh` skips a cached verdict (a lookup already in
+   * flight is still joined) and caches what the database says now: a held stream asks
+   * this way whether the claim build exists yet.
+   */
+  decide(workspaceId: string, opts?: { fresh?: boolean }): Promise<Decision>;
 }
 
 const POSTGRES_CODES: Record<string, DbFailure> = {
@@ -116,8 +121,8 @@ export function createDecider(opts: DeciderOptions): Decider {
   };
 
   return {
-    async decide(id) {
-      const cached = cache?.get(id);
+    async decide(id, decideOpts) {
+      const cached = decideOpts?.fresh ? undefined : cache?.get(id);
       if (cached) {
         opts.onCache?.('hit');
         return { ok: true, verdict: cached, source: 'cache' };

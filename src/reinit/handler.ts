@@ -17,6 +17,8 @@ export interface ReinitDeps extends ForwardDeps {
   peekMaxBytes: number;
   /** How long a held stream is kept before it is ended so the agent asks again. */
   holdMaxMs: number;
+  /** How often a held stream asks (uncached) whether the claim build exists yet. */
+  holdRecheckMs: number;
 }
 
 /**
@@ -120,16 +122,37 @@ export function createReinitHandler(deps: ReinitDeps) {
       stream.destroy(); // Close coderd's stream: it must not deliver the event later.
       writeClaimHandled(stream.head, res);
     } else if (action === 'hold') {
-      // The claim build does not exist yet: a patched coderd would wait on pubsub, but the
-      // unpatched one dropped its subscription when it seeded, so this stream can never
-      // carry the claim. Keep it (coderd's pings pass) for a while, then end it cleanly:
-      // the agent reconnects (backoff 100 ms to 10 s) and is judged again, and once the claim
-      // build exists, the event it gets is the genuine one.
+      // The claim build does not exist yet: a patched coderd waits on pubsub and sends the
+      // claim when the claim build completes, but the unpatched one dropped its
+      // subscription when it seeded, so this stream can never carry the claim. Keep it
+      // (coderd's pings pass) and ask the database, uncached, every holdRecheckMs; once the
+      // claim build exists (or anything else changed), end it cleanly: the agent reconnects
+      // (after 100 ms) and coderd judges it afresh, as a patched coderd judges a
+      // reconnecting agent. holdMaxMs bounds the hold if the database cannot tell.
       stream.discard(peeked.event.end);
-      relayStream(deps, stream, res, { lazyHead: true, endAfterMs: deps.holdMaxMs });
+      const release = relayStream(deps, stream, res, { lazyHead: true, endAfterMs: deps.holdMaxMs });
+      recheckHold(id, res, release);
     } else {
       relayStream(deps, stream, res);
     }
+  };
+
+  /** Polls a held stream's workspace until its verdict is no longer `hold`, then releases the stream. */
+  const recheckHold = (id: string, res: ServerResponse, release: () => void) => {
+    let timer: NodeJS.Timeout | undefined;
+    const tick = async () => {
+      const d = await deps.decider.decide(id, { fresh: true });
+      if (res.writableEnded || res.destroyed) return;
+      if (d.ok && d.verdict.action !== 'hold') {
+        metrics.holdsReleased.inc({ reason: d.verdict.reason });
+        log.info('held reinit stream released', { workspace_id: id, reason: d.verdict.reason });
+        return release();
+      }
+      // A failed lookup keeps the hold: holdMaxMs still ends it.
+      timer = setTimeout(() => void tick(), deps.holdRecheckMs);
+    };
+    timer = setTimeout(() => void tick(), deps.holdRecheckMs);
+    res.once('close', () => clearTimeout(timer));
   };
 
   const timedDecide = async (id: string): Promise<Decision> => {
@@ -175,22 +198,24 @@ export function createReinitHandler(deps: ReinitDeps) {
  * clean end, with trailers; or a cut connection). With `lazyHead` (a held stream: the
  * seeded event was dropped) nothing, not even the head, is sent until coderd writes again
  * or ends, as coderd itself sends nothing before its first write. `endAfterMs` ends the
- * stream cleanly (and releases coderd's) after that long.
+ * stream cleanly (and releases coderd's) after that long. Returns that same clean end,
+ * for the caller to end it earlier.
  */
-function relayStream(deps: ForwardDeps, stream: UpstreamStream, res: ServerResponse, opts: { lazyHead?: boolean; endAfterMs?: number } = {}): void {
+function relayStream(deps: ForwardDeps, stream: UpstreamStream, res: ServerResponse, opts: { lazyHead?: boolean; endAfterMs?: number } = {}): () => void {
   let head: { trailers: boolean } | null = null;
   const start = (): boolean => {
     head ??= writeUpstreamHead(deps, stream.head, res);
     if (!head) stream.destroy();
     return head !== null;
   };
-  if (!opts.lazyHead && !start()) return;
+  const endCleanly = () => {
+    if (res.writableEnded || res.destroyed) return;
+    stream.destroy();
+    if (start()) res.end();
+  };
+  if (!opts.lazyHead && !start()) return endCleanly;
   if (opts.endAfterMs !== undefined) {
-    const timer = setTimeout(() => {
-      if (res.writableEnded || res.destroyed) return;
-      stream.destroy();
-      if (start()) res.end();
-    }, opts.endAfterMs);
+    const timer = setTimeout(endCleanly, opts.endAfterMs);
     timer.unref();
     res.once('close', () => clearTimeout(timer));
   }
@@ -202,4 +227,5 @@ function relayStream(deps: ForwardDeps, stream: UpstreamStream, res: ServerRespo
       if (start()) endResponse(res, stream.rawTrailers, (head as { trailers: boolean }).trailers);
     },
   });
+  return endCleanly;
 }

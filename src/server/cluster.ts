@@ -15,7 +15,7 @@ import { startProxyServer } from './proxy-server.js';
  * bound, the one-query-per-workspace sharing and the cache hold for the whole guard.
  */
 type Msg =
-  | { t: 'decide'; id: number; workspaceId: string }
+  | { t: 'decide'; id: number; workspaceId: string; fresh?: boolean }
   | { t: 'decision'; id: number; decision: Decision }
   | { t: 'metrics?'; id: number }
   | { t: 'metrics'; id: number; json: MetricObjectWithValues<MetricValue<string>>[] }
@@ -76,7 +76,7 @@ export async function runPrimary(config: Config, log: Logger, graceMs: number): 
       // (a message pushed before that, on 'online', was).
       if (m.t === 'retired?') w.send({ t: 'retired', retired: control.retirement().retired } satisfies Msg);
       else if (m.t === 'decide' && control.decider) {
-        void control.decider.decide(m.workspaceId).then((decision) => w.isConnected() && w.send({ t: 'decision', id: m.id, decision } satisfies Msg));
+        void control.decider.decide(m.workspaceId, { fresh: m.fresh === true }).then((decision) => w.isConnected() && w.send({ t: 'decision', id: m.id, decision } satisfies Msg));
       } else if (m.t === 'metrics') {
         const entry = pendingMetrics.get(m.id);
         if (entry) {
@@ -121,7 +121,7 @@ function ipcDecider(timeoutMs: number): Decider {
     pending.delete(m.id);
   });
   return {
-    decide(workspaceId) {
+    decide(workspaceId, opts) {
       return new Promise<Decision>((resolve) => {
         const id = ++seq;
         const timer = setTimeout(() => {
@@ -132,7 +132,7 @@ function ipcDecider(timeoutMs: number): Decider {
           clearTimeout(timer);
           resolve(d);
         });
-        process.send?.({ t: 'decide', id, workspaceId } satisfies Msg);
+        process.send?.({ t: 'decide', id, workspaceId, ...(opts?.fresh ? { fresh: true } : {}) } satisfies Msg);
       });
     },
   };

@@ -43,7 +43,7 @@ export async function startProxyServer(
   const { log, metrics, upstream } = opts;
   const reinit =
     opts.decider && config.mode !== 'off'
-      ? { mode: config.mode, decider: opts.decider, peekTimeoutMs: config.peekTimeoutMs, peekMaxBytes: config.peekMaxBytes, holdMaxMs: config.holdMaxMs }
+      ? { mode: config.mode, decider: opts.decider, peekTimeoutMs: config.peekTimeoutMs, peekMaxBytes: config.peekMaxBytes, holdMaxMs: config.holdMaxMs, holdRecheckMs: config.holdRecheckMs }
       : undefined;
   const deps = { upstream, log, metrics };
   const serverOptions = {

@@ -129,6 +129,29 @@ describe('database failures fail open within the deadline', () => {
     expect(r.body.toString()).not.toContain('prebuild_claimed');
     expect(r.totalMs).toBeGreaterThanOrEqual(250);
   });
+
+  it('a held stream is released once the claim build exists, and the reconnecting agent gets the genuine claim', async () => {
+    // Found with the real coderd (fidelity/): a patched coderd sends the claim when the claim
+    // build completes; the unpatched one, having seeded, never will on this stream.
+    const g = await start({ REINIT_GUARD_PG_URL: db.url, REINIT_GUARD_HOLD_MAX: '60s', REINIT_GUARD_HOLD_RECHECK: '100ms' });
+    const ws = await createWorkspace(db.sql, user, 'racing-claim-3');
+    const { jobId } = await addBuild(db.sql, ws, { initiator: PREBUILDS_USER_ID, stage: STAGE.CREATE });
+    const token = await addAgent(db.sql, jobId);
+    const held = connectReinit(g.url, token, { until: () => false, timeoutMs: 10_000 });
+    await expect.poll(() => g.metric('coder_reinit_guard_reinit_requests_total', { outcome: 'held' })).toBe(1);
+    // Still held while nothing changed: rechecks go to the database, not the cache.
+    await new Promise((r) => setTimeout(r, 400));
+    expect(await g.metric('coder_reinit_guard_holds_released_total', { reason: 'claim_build_is_latest' })).toBe(0);
+    await addBuild(db.sql, ws, { initiator: user, stage: STAGE.CLAIM });
+    const r = await held;
+    expect(r.status).toBe(200);
+    expect(r.stopped).toBe('ended');
+    expect(r.body.toString()).not.toContain('prebuild_claimed');
+    expect(await g.metric('coder_reinit_guard_holds_released_total', { reason: 'claim_build_is_latest' })).toBe(1);
+    expect(g.logs.entries().find((e) => e.msg === 'held reinit stream released')).toMatchObject({ workspace_id: ws, reason: 'claim_build_is_latest' });
+    // The agent asks again at once and is judged afresh: the claim is now genuine.
+    expect(receivedClaim(await connectReinit(g.url, token), ws)).toBe(true);
+  });
 });
 
 describe('database access', () => {
