@@ -82,6 +82,21 @@ export interface Results {
 export const AGENT_LEVEL_ROWS = ['hold: owner changed, claim build not created yet / '];
 export const DECIDING_ROW = "hold: owner changed, claim build not created yet / the agent's reinit loop over the same time";
 
+/**
+ * Rows where the guard may differ from the oracle by decision, each with the reason printed
+ * beside it. Empty: every difference fails the run. A row belongs here only when matching
+ * the oracle would break one of the guard's principles (for example: a stop build running
+ * on a long-claimed workspace, where the fixed coderd answers 409 but the unpatched one seeds
+ * nothing, so the guard sees no event and could name the workspace only from the agent's
+ * token).
+ */
+export const ACCEPTED_DIFFERENCES: Record<string, string> = {
+  'long claimed: user stop in progress / agent reconnects while the stop build runs':
+    'the unpatched coderd seeds nothing here (it waits), so there is no event to judge; answering 409 would mean ' +
+    'reading agent tokens from the database, beyond the least-privilege role. The agent sees no reinit either way, ' +
+    'and the stop ends the agent; when the workspace starts again, the seeded event is answered with the 409',
+};
+
 export const BUG_ROWS = [
   'claim failed, owner retried with a start / agent (re)connects',
   'long claimed: user start after the claim / wait=1',
@@ -204,7 +219,8 @@ export function compare(all: Results[]): Report {
     const du = u && describe(u);
     const dg = g && describe(g);
     const informational = AGENT_LEVEL_ROWS.some((r) => id.startsWith(r)) && id !== DECIDING_ROW;
-    const guardOk = informational || (!!dp && !!dg && dp.key === dg.key);
+    const accepted = ACCEPTED_DIFFERENCES[id];
+    const guardOk = informational || accepted !== undefined || (!!dp && !!dg && dp.key === dg.key);
     const bug = !!dp && !!du && dp.key !== du.key;
     if (!guardOk) {
       ok = false;
@@ -215,7 +231,8 @@ export function compare(all: Results[]): Report {
       problems.push(`the unpatched coderd did not reproduce the bug: ${id}`);
     }
     const same = !!dp && !!dg && dp.key === dg.key;
-    lines.push(`[${!guardOk ? 'MISMATCH' : informational && !same ? 'shown' : 'ok'}] ${id}${informational ? ' (agent-level row: the loop below decides)' : ''}`);
+    const label = !guardOk ? 'MISMATCH' : accepted !== undefined && !same ? 'accepted' : informational && !same ? 'shown' : 'ok';
+    lines.push(`[${label}] ${id}${informational ? ' (agent-level row: the loop below decides)' : ''}${accepted !== undefined && !same ? ` (accepted difference: ${accepted})` : ''}`);
     lines.push(`    latest build   ${p?.latest_build ?? u?.latest_build ?? '-'}`);
     lines.push(`    patched        ${dp?.text ?? '(not run)'}`);
     lines.push(`    unpatched      ${du?.text ?? '(not run)'}${bug ? '   <- differs from patched' + (BUG_ROWS.includes(id) ? ' (the bug)' : '') : ''}`);

@@ -450,6 +450,14 @@ func TestFidelity(t *testing.T) {
 	res.time("scenarios", start)
 	res.time("total", total)
 
+	// Observations arrive in completion order; write them in the scenarios' order.
+	order := map[string]int{}
+	for i, sc := range scenarios {
+		order[sc.name] = i
+	}
+	sort.SliceStable(res.Observations, func(i, j int) bool {
+		return order[res.Observations[i].Scenario] < order[res.Observations[j].Scenario]
+	})
 	b, err := json.MarshalIndent(res, "", "  ")
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(out, b, 0o644))
@@ -528,7 +536,7 @@ func agentRPCThroughGuard(ctx context.Context, t *testing.T, res *results, d *de
 // retirement: the guard with the README's REINIT_GUARD_RETIRE_AT in front of this coderd,
 // which reports its real version string.
 func retirement(ctx context.Context, t *testing.T, res *results, env *coderdEnv, roleURL, logPath string) {
-	const retireAt = ">=2.34.6"
+	const retireAt = ">=2.35.1" // the README's advice: the first release proven here to carry the fix
 	g := startGuard(t, guardConfig{upstream: env.url.String(), pgURL: roleURL, logPath: logPath, extra: map[string]string{
 		"REINIT_GUARD_RETIRE_AT": retireAt, "REINIT_GUARD_RETIRE_POLL": "1s",
 	}})
@@ -551,8 +559,9 @@ func retirement(ctx context.Context, t *testing.T, res *results, env *coderdEnv,
 		"coderd reports %q; coder_reinit_guard_retired %v (want %v); /readyz retired=%v", bi.Version, retired, want, rz["retired"])
 }
 
-// storm: n long-claimed workspaces (100 by default) with two agents each: 200 real SDK agents; the guard restarts while every
-// agent's reinit loop runs; counted: database lookups per workspace.
+// storm: n long-claimed workspaces (100 by default) with two agents each, 200 real SDK
+// agents; the guard restarts while every agent's reinit loop runs; counted: database
+// lookups per workspace.
 func storm(ctx context.Context, t *testing.T, res *results, d *deployment, roleURL, logPath string, n int) {
 	start := time.Now()
 	tpl := d.createTemplate(ctx, t, "storm", templateSpec{Agents: 2, Presets: []presetSpec{{Name: "storm", Instances: int32(n)}}})
