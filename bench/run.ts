@@ -18,7 +18,13 @@ const ALL = ['http', 'relay', 'reinit', 'idle'] as const;
 const picked = process.argv.slice(2).filter((a) => (ALL as readonly string[]).includes(a));
 const scenarios = picked.length ? picked : [...ALL];
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
-const WORKERS = process.env.BENCH_GUARD_WORKERS ?? '2';
+/**
+ * Process counts compared at equal resources (nginx `worker_processes N` against
+ * `REINIT_GUARD_WORKERS=N`); the bars apply at N = 1. The single-guard scenarios (relay,
+ * reinit, idle) run the guard with N = 1 too, or BENCH_GUARD_WORKERS.
+ */
+const PROCESSES = (process.env.BENCH_PROCESSES ?? '1,2').split(',').map(Number);
+const WORKERS = process.env.BENCH_GUARD_WORKERS ?? '1';
 
 /** First line a command prints about itself (nginx and wrk print to stderr, or exit 1). */
 const version = (cmd: string, args: string[]) => {
@@ -51,27 +57,33 @@ async function main() {
       wrk: version('wrk', ['-v']),
       openFilesLimit: version('ulimit', ['-n']),
     },
-    guardWorkers: WORKERS,
+    processes: PROCESSES,
     bars: {},
   };
   const bars = results.bars as Record<string, string>;
-  const guardEnv = { REINIT_GUARD_MODE: 'off', REINIT_GUARD_WORKERS: WORKERS };
+  const guardEnv = { REINIT_GUARD_MODE: 'off' };
 
   if (scenarios.includes('http')) {
-    const { smallGet, transfer } = await runHttp({ seconds: SECONDS, transfers: 8, guardEnv });
-    const by = (rows: HttpRow[], n: string) => rows.find((r) => r.contender === n);
+    const { smallGet, transfer } = await runHttp({ seconds: SECONDS, transfers: 8, guardEnv, processes: PROCESSES });
+    const by = (rows: HttpRow[], n: string, p = 1) => rows.find((r) => r.contender === n && r.processes === p);
+    for (const p of PROCESSES) {
+      const ng = by(smallGet, 'nginx', p);
+      const rows = smallGet.filter((r) => r.processes === p);
+      table(`small GET (~300-byte JSON, 50 keep-alive connections), N = ${p} (nginx worker_processes ${p}, REINIT_GUARD_WORKERS=${p})`, rows.map((r) => ({ ...r, 'rps/nginx': ratio(r.rps, ng?.rps), 'p99/nginx': ratio(r.p99Ms, ng?.p99Ms) })));
+      const nt = by(transfer, 'nginx', p);
+      table(`64 MiB download and upload (MB/s, sequential), N = ${p}`, transfer.filter((r) => r.processes === p).map((r) => ({ ...r, 'down/nginx': ratio(r.downloadMBs, nt?.downloadMBs), 'up/nginx': ratio(r.uploadMBs, nt?.uploadMBs) })));
+    }
+    // The bars: at N = 1, equal resources.
     const ng = by(smallGet, 'nginx');
-    table('small GET (~300-byte JSON, 50 keep-alive connections)', smallGet.map((r) => ({ ...r, 'rps/nginx': ratio(r.rps, ng?.rps), 'p99/nginx': ratio(r.p99Ms, ng?.p99Ms) })));
     const g = by(smallGet, 'guard');
-    bars['small GET req/s >= 0.5x nginx'] = verdict((ratio(g?.rps, ng?.rps) ?? 0) >= 0.5);
-    bars['small GET p99 <= 2x nginx'] = verdict((ratio(g?.p99Ms, ng?.p99Ms) ?? 99) <= 2);
-    bars['small GET ahead of http-proxy'] = verdict((g?.rps ?? 0) > (by(smallGet, 'http-proxy')?.rps ?? Infinity));
-    bars['small GET >= 3x Hono proxy()'] = verdict((ratio(g?.rps, by(smallGet, 'hono-proxy')?.rps) ?? 0) >= 3);
+    bars['N=1 small GET req/s >= 0.5x nginx'] = verdict((ratio(g?.rps, ng?.rps) ?? 0) >= 0.5);
+    bars['N=1 small GET p99 <= 2x nginx'] = verdict((ratio(g?.p99Ms, ng?.p99Ms) ?? 99) <= 2);
+    bars['N=1 small GET ahead of http-proxy'] = verdict((g?.rps ?? 0) > (by(smallGet, 'http-proxy')?.rps ?? Infinity));
+    bars['N=1 small GET >= 3x Hono proxy()'] = verdict((ratio(g?.rps, by(smallGet, 'hono-proxy')?.rps) ?? 0) >= 3);
     const nt = by(transfer, 'nginx');
-    table('64 MiB download and upload (MB/s, sequential)', transfer.map((r) => ({ ...r, 'down/nginx': ratio(r.downloadMBs, nt?.downloadMBs), 'up/nginx': ratio(r.uploadMBs, nt?.uploadMBs) })));
     const gt = by(transfer, 'guard');
-    bars['download MB/s >= 0.9x nginx'] = verdict((ratio(gt?.downloadMBs, nt?.downloadMBs) ?? 0) >= 0.9);
-    bars['upload MB/s >= 0.9x nginx'] = verdict((ratio(gt?.uploadMBs, nt?.uploadMBs) ?? 0) >= 0.9);
+    bars['N=1 download MB/s >= 0.9x nginx'] = verdict((ratio(gt?.downloadMBs, nt?.downloadMBs) ?? 0) >= 0.9);
+    bars['N=1 upload MB/s >= 0.9x nginx'] = verdict((ratio(gt?.uploadMBs, nt?.uploadMBs) ?? 0) >= 0.9);
     results.smallGet = smallGet;
     results.transfer = transfer;
   }

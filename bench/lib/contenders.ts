@@ -3,9 +3,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { freePort, ROOT, start, startNginx, startNode, type Proc } from './procs.js';
 
-/** The proxies compared in every HTTP scenario, all in front of the same upstream. */
-export type ContenderName = 'direct' | 'nginx' | 'http-proxy' | 'hono-proxy' | 'guard';
-export const CONTENDERS: ContenderName[] = ['direct', 'nginx', 'http-proxy', 'hono-proxy', 'guard'];
+/**
+ * The proxies compared in every HTTP scenario, all in front of the same upstream. `direct`
+ * is no proxy; `undici-proxy` is the Node ceiling (a minimal proxy on undici, no checks).
+ */
+export type ContenderName = 'direct' | 'nginx' | 'undici-proxy' | 'http-proxy' | 'hono-proxy' | 'guard';
+export const CONTENDERS: ContenderName[] = ['direct', 'nginx', 'undici-proxy', 'http-proxy', 'hono-proxy', 'guard'];
 
 /** Starts the fast upstream: nginx serving a ~300-byte JSON, a 64 MiB file and an upload sink. */
 export async function startNginxUpstream(): Promise<{ proc: Proc; url: string }> {
@@ -48,8 +51,12 @@ export async function startNginxUpstream(): Promise<{ proc: Proc; url: string }>
   return { proc, url: `http://127.0.0.1:${port}` };
 }
 
-/** Starts one contender in front of `upstream`; returns its base URL. */
-export async function startContender(name: ContenderName, upstream: string, guardEnv: Record<string, string>): Promise<{ proc: Proc | null; url: string }> {
+/**
+ * Starts one contender in front of `upstream`; returns its base URL. `processes` sets
+ * nginx's `worker_processes` and the guard's `REINIT_GUARD_WORKERS` alike (equal resources);
+ * the Node contenders run one process.
+ */
+export async function startContender(name: ContenderName, upstream: string, guardEnv: Record<string, string>, processes = 1): Promise<{ proc: Proc | null; url: string }> {
   if (name === 'direct') return { proc: null, url: upstream };
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
@@ -71,9 +78,10 @@ export async function startContender(name: ContenderName, upstream: string, guar
       proxy_request_buffering off;
       proxy_read_timeout 3600s;
     }
-  }`);
+  }`, { workers: processes });
     return { proc, url };
   }
+  if (name === 'undici-proxy') return { proc: await startNode(name, 'bench/contenders/undici-proxy.ts', port, { TARGET: upstream }), url };
   if (name === 'http-proxy') return { proc: await startNode(name, 'bench/contenders/http-proxy.ts', port, { TARGET: upstream }), url };
   if (name === 'hono-proxy') return { proc: await startNode(name, 'bench/contenders/hono-proxy.ts', port, { TARGET: upstream }), url };
   const admin = await freePort();
@@ -82,6 +90,7 @@ export async function startContender(name: ContenderName, upstream: string, guar
     REINIT_GUARD_LISTEN: `127.0.0.1:${port}`,
     REINIT_GUARD_ADMIN_LISTEN: `127.0.0.1:${admin}`,
     REINIT_GUARD_LOG_LEVEL: 'warn',
+    REINIT_GUARD_WORKERS: String(processes),
     ...guardEnv,
   });
   return { proc: Object.assign(proc, { adminUrl: `http://127.0.0.1:${admin}` }), url };

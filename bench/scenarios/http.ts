@@ -41,6 +41,8 @@ async function uploadRate(base: string, count: number): Promise<number> {
 
 export interface HttpRow {
   contender: ContenderName;
+  /** nginx worker_processes / REINIT_GUARD_WORKERS (1 for the other contenders). */
+  processes: number;
   rps?: number;
   p50Ms?: number;
   p99Ms?: number;
@@ -49,25 +51,34 @@ export interface HttpRow {
   uploadMBs?: number;
 }
 
-/** Small GET (~300-byte JSON, 50 keep-alive connections) and 64 MiB transfers, per contender. */
-export async function runHttp(opts: { seconds: number; transfers: number; guardEnv: Record<string, string> }): Promise<{ smallGet: HttpRow[]; transfer: HttpRow[] }> {
+/** The contenders of one round: at N = 1 everyone; at N > 1 only the two that scale out. */
+const roundOf = (processes: number): ContenderName[] => (processes === 1 ? CONTENDERS : ['nginx', 'guard']);
+
+/**
+ * Small GET (~300-byte JSON, 50 keep-alive connections) and 64 MiB transfers, per
+ * contender, at each process count in `processes` (equal resources: nginx
+ * `worker_processes N` against `REINIT_GUARD_WORKERS=N`, same upstream, same wrk, one run).
+ */
+export async function runHttp(opts: { seconds: number; transfers: number; guardEnv: Record<string, string>; processes: number[] }): Promise<{ smallGet: HttpRow[]; transfer: HttpRow[] }> {
   const up = await startNginxUpstream();
   const smallGet: HttpRow[] = [];
   const transfer: HttpRow[] = [];
   try {
-    for (const name of CONTENDERS) {
-      const c = await startContender(name, up.url, opts.guardEnv);
-      try {
-        await wrk(`${c.url}/small`, 50, 2); // warm-up: pools, JIT
-        const r = await wrk(`${c.url}/small`, 50, opts.seconds);
-        smallGet.push({ contender: name, rps: round(r.rps, 0), p50Ms: round(r.p50Ms), p99Ms: round(r.p99Ms), errors: r.errors + r.non2xx });
-        process.stderr.write(`  small-get ${name}: ${round(r.rps, 0)} req/s, p99 ${round(r.p99Ms)} ms\n`);
-        const downloadMBs = round(await downloadRate(c.url, opts.transfers), 0);
-        const uploadMBs = round(await uploadRate(c.url, opts.transfers), 0);
-        transfer.push({ contender: name, downloadMBs, uploadMBs });
-        process.stderr.write(`  transfer ${name}: down ${downloadMBs} MB/s, up ${uploadMBs} MB/s\n`);
-      } finally {
-        await c.proc?.stop();
+    for (const processes of opts.processes) {
+      for (const name of roundOf(processes)) {
+        const c = await startContender(name, up.url, opts.guardEnv, processes);
+        try {
+          await wrk(`${c.url}/small`, 50, 2); // warm-up: pools, JIT
+          const r = await wrk(`${c.url}/small`, 50, opts.seconds);
+          smallGet.push({ contender: name, processes, rps: round(r.rps, 0), p50Ms: round(r.p50Ms), p99Ms: round(r.p99Ms), errors: r.errors + r.non2xx });
+          process.stderr.write(`  small-get ${name} N=${processes}: ${round(r.rps, 0)} req/s, p99 ${round(r.p99Ms)} ms\n`);
+          const downloadMBs = round(await downloadRate(c.url, opts.transfers), 0);
+          const uploadMBs = round(await uploadRate(c.url, opts.transfers), 0);
+          transfer.push({ contender: name, processes, downloadMBs, uploadMBs });
+          process.stderr.write(`  transfer ${name} N=${processes}: down ${downloadMBs} MB/s, up ${uploadMBs} MB/s\n`);
+        } finally {
+          await c.proc?.stop();
+        }
       }
     }
   } finally {
