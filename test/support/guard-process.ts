@@ -44,10 +44,25 @@ export function spawnEntryPoint(env: Record<string, string>, args: string[] = []
 
 /** Starts the guard from its entry point on free loopback ports and waits until it serves. */
 export async function startGuardProcess(env: Record<string, string>): Promise<GuardProcess> {
+  // A port found free can be taken before the guard binds it (other test files open
+  // thousands of outbound connections, each on an ephemeral port): try fresh ports again.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnFreePorts(env);
+    } catch (err) {
+      if (attempt >= 3 || !/EADDRINUSE/.test(String(err))) throw err;
+    }
+  }
+}
+
+async function startOnFreePorts(env: Record<string, string>): Promise<GuardProcess> {
   const [port, admin] = [await freePort(), await freePort()];
   const { child, out, exited } = spawnEntryPoint({ REINIT_GUARD_LISTEN: `127.0.0.1:${port}`, REINIT_GUARD_ADMIN_LISTEN: `127.0.0.1:${admin}`, ...env });
   await waitFor(() => out.stdout.includes('coder-reinit-guard started') || child.exitCode !== null, 20_000, 'the guard process to start');
-  if (child.exitCode !== null) throw new Error(`guard exited ${child.exitCode}: ${out.stderr}`);
+  if (child.exitCode !== null) {
+    await exited;
+    throw new Error(`guard exited ${child.exitCode}: ${out.stderr}`);
+  }
   const kib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? 0) * 1024;
   return {
     child,
