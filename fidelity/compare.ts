@@ -231,8 +231,9 @@ export function compare(all: Results[]): Report {
       problems.push(`the unpatched coderd did not reproduce the bug: ${id}`);
     }
     const same = !!dp && !!dg && dp.key === dg.key;
-    const label = !guardOk ? 'MISMATCH' : accepted !== undefined && !same ? 'accepted' : informational && !same ? 'shown' : 'ok';
-    lines.push(`[${label}] ${id}${informational ? ' (agent-level row: the loop below decides)' : ''}${accepted !== undefined && !same ? ` (accepted difference: ${accepted})` : ''}`);
+    const differsAsAccepted = accepted !== undefined && !same;
+    const label = !guardOk ? 'MISMATCH' : differsAsAccepted ? 'accepted' : informational && !same ? 'shown' : 'ok';
+    lines.push(`[${label}] ${id}${informational ? ' (agent-level row: the loop below decides)' : ''}${differsAsAccepted ? ` (accepted difference: ${accepted})` : ''}`);
     lines.push(`    latest build   ${p?.latest_build ?? u?.latest_build ?? '-'}`);
     lines.push(`    patched        ${dp?.text ?? '(not run)'}`);
     lines.push(`    unpatched      ${du?.text ?? '(not run)'}${bug ? '   <- differs from patched' + (BUG_ROWS.includes(id) ? ' (the bug)' : '') : ''}`);

@@ -75,11 +75,16 @@ const lower = (s: string) => s.toLowerCase();
  */
 export const isHeader = (k: string, name: string): boolean => k.length === name.length && (k === name || k.toLowerCase() === name);
 
-/** Whether `k` is in `set` (lowercase names), lowercasing only names of a length in the set. */
-export const inSet = (k: string, set: ReadonlySet<string>, lengths: ReadonlySet<number>): boolean => lengths.has(k.length) && set.has(k.toLowerCase());
+/**
+ * A case-insensitive test for membership in a set of lowercase header names, lowercasing
+ * only names whose length one of them has (as {@link isHeader} does for one name).
+ */
+export const headerNameMatcher = (names: ReadonlySet<string>): ((k: string) => boolean) => {
+  const lengths = new Set([...names].map((n) => n.length));
+  return (k) => lengths.has(k.length) && names.has(k.toLowerCase());
+};
 
-const lengthsOf = (set: ReadonlySet<string>): ReadonlySet<number> => new Set([...set].map((n) => n.length));
-const HOP_BY_HOP_LENGTHS = lengthsOf(HOP_BY_HOP);
+const isHopByHop = headerNameMatcher(HOP_BY_HOP);
 
 const has = (headers: readonly HeaderPair[], name: string) => headers.some(([k]) => isHeader(k, name));
 
@@ -100,7 +105,7 @@ export const stripConnectionListed = (headers: HeaderPair[]): HeaderPair[] => {
 };
 
 /** Drops the fixed hop-by-hop set. */
-export const stripHopByHop = (headers: HeaderPair[]): HeaderPair[] => headers.filter(([k]) => !inSet(k, HOP_BY_HOP, HOP_BY_HOP_LENGTHS));
+export const stripHopByHop = (headers: HeaderPair[]): HeaderPair[] => headers.filter(([k]) => !isHopByHop(k));
 
 /** HTTP/1.0 clients may omit Host; coderd needs one, so name the upstream. */
 export const ensureHost: RequestPass = (headers, ctx) => (has(headers, 'host') ? headers : [...headers, ['Host', ctx.upstreamHost]]);

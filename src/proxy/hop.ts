@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
-import { inSet, upstreamRequestHeaders, type Framing, type HeaderPair } from './headers.js';
+import { headerNameMatcher, upstreamRequestHeaders, type Framing, type HeaderPair } from './headers.js';
 import { originForm } from './target.js';
 import type { Upstream } from './upstream.js';
 
@@ -61,12 +61,11 @@ const latin1 = (b: Buffer | string) => (typeof b === 'string' ? b : b.toString('
  * its own connection. `host` and `content-length` are taken by undici too: it writes them
  * lowercased, first and last; their values are the client's.
  */
-const MANAGED_BY_UNDICI = new Set(['transfer-encoding', 'expect', 'connection', 'keep-alive', 'upgrade']);
-const MANAGED_LENGTHS = new Set([...MANAGED_BY_UNDICI].map((n) => n.length));
+const managedByUndici = headerNameMatcher(new Set(['transfer-encoding', 'expect', 'connection', 'keep-alive', 'upgrade']));
 
 function undiciHeaders(pairs: readonly HeaderPair[]): string[] {
   const out: string[] = [];
-  for (const [k, v] of pairs) if (!inSet(k, MANAGED_BY_UNDICI, MANAGED_LENGTHS)) out.push(k, v);
+  for (const [k, v] of pairs) if (!managedByUndici(k)) out.push(k, v);
   return out;
 }
 
