@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { OPTIONS, type Config } from './options.js';
 import { redactUrl } from './parsers.js';
 
@@ -75,5 +76,20 @@ export function describeConfig(config: Config): Record<string, unknown> {
     mode: config.mode,
     db_timeout_ms: config.dbTimeoutMs,
     db_pool_size: config.dbPoolSize,
+    listen_backlog: effectiveBacklog(config.listenBacklog),
   };
+}
+
+/**
+ * The accept queue the kernel actually grants: listen(2) silently caps the backlog at
+ * net.core.somaxconn (per network namespace, so per pod). Logged at start so an operator
+ * sees when the sysctl, not the option, is the limit.
+ */
+export function effectiveBacklog(requested: number): number {
+  try {
+    const cap = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8').trim());
+    return Number.isInteger(cap) && cap > 0 ? Math.min(requested, cap) : requested;
+  } catch {
+    return requested; // Not Linux: the kernel's own cap is unknown here.
+  }
 }

@@ -34,6 +34,14 @@ export interface Config {
   dbTimeoutMs: number;
   dbConnectTimeoutMs: number;
   dbPoolSize: number;
+  /** Most workspaces one decision statement asks about. */
+  dbBatchSize: number;
+  /** While lookups keep arriving, at most one statement per this window (or per full batch). */
+  dbBatchWindowMs: number;
+  /** How often the verdict cache is filled with every "claim already handled" workspace; 0: never. */
+  cacheWarmIntervalMs: number;
+  /** The listen(2) backlog of the proxy listener(s); the kernel caps it at net.core.somaxconn. */
+  listenBacklog: number;
   peekTimeoutMs: number;
   peekMaxBytes: number;
   cacheSize: number;
@@ -72,6 +80,10 @@ export const DEFAULT_MODE: Mode = 'enforce';
 export const DEFAULT_DB_TIMEOUT = '2s';
 export const DEFAULT_DB_CONNECT_TIMEOUT = '5s';
 export const DEFAULT_DB_POOL_SIZE = '4';
+export const DEFAULT_DB_BATCH_SIZE = '1000';
+export const DEFAULT_DB_BATCH_WINDOW = '100ms';
+export const DEFAULT_CACHE_WARM_INTERVAL = '10m';
+export const DEFAULT_LISTEN_BACKLOG = '65535';
 export const DEFAULT_PEEK_TIMEOUT = '5s';
 export const DEFAULT_PEEK_MAX_BYTES = '64KiB';
 export const DEFAULT_CACHE_SIZE = '100000';
@@ -89,6 +101,10 @@ export const DEFAULT_WORKERS = '1';
 export const DEFAULT_SHUTDOWN_GRACE = '10s';
 export const DEFAULT_RETIRE_POLL = '1m';
 export const DEFAULT_PROBE_INTERVAL = '10s';
+
+/** A duration, or 0 / off for "never". */
+const parseDurationOrOff = (raw: string): Parsed<number> =>
+  ['0', 'off'].includes(raw.trim()) ? { ok: true, value: 0 } : parseDuration(raw).ok ? parseDuration(raw) : { ok: false, rule: 'use a duration such as 100ms, 10m or 1h, or 0 (off)' };
 
 const parseServername = (raw: string): Parsed<string> =>
   /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/i.test(raw.trim()) ? { ok: true, value: raw.trim() } : { ok: false, rule: 'use a DNS name such as coder.example.com' };
@@ -135,6 +151,10 @@ export const OPTIONS: readonly OptionSpec[] = [
   option({ env: 'REINIT_GUARD_DB_TIMEOUT', key: 'dbTimeoutMs', doc: "deadline for one decision's database work", default: DEFAULT_DB_TIMEOUT, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_DB_CONNECT_TIMEOUT', key: 'dbConnectTimeoutMs', doc: 'deadline for opening one database connection', default: DEFAULT_DB_CONNECT_TIMEOUT, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_DB_POOL_SIZE', key: 'dbPoolSize', doc: 'most database connections the guard opens', default: DEFAULT_DB_POOL_SIZE, parse: (r) => parseInteger(r, 1, 64) }),
+  option({ env: 'REINIT_GUARD_DB_BATCH_SIZE', key: 'dbBatchSize', doc: 'most workspaces one decision statement asks about: a reconnect storm is decided in batches, not one statement per agent', default: DEFAULT_DB_BATCH_SIZE, parse: (r) => parseInteger(r, 1, 10_000) }),
+  option({ env: 'REINIT_GUARD_DB_BATCH_WINDOW', key: 'dbBatchWindowMs', doc: 'while lookups keep arriving, at most one statement per window (a full batch goes at once); a lookup after a quiet spell goes at once; 0 sends every lookup as soon as a connection is free', default: DEFAULT_DB_BATCH_WINDOW, parse: parseDurationOrOff }),
+  option({ env: 'REINIT_GUARD_CACHE_WARM_INTERVAL', key: 'cacheWarmIntervalMs', doc: 'how often the verdict cache is filled with every workspace whose claim was already handled (at start, then at this interval; one statement per 2,000 workspaces, one connection); 0 turns it off', default: DEFAULT_CACHE_WARM_INTERVAL, parse: parseDurationOrOff }),
+  option({ env: 'REINIT_GUARD_LISTEN_BACKLOG', key: 'listenBacklog', doc: 'accept queue of the proxy listener: room for a whole fleet reconnecting at once (the kernel caps it at net.core.somaxconn, 4096 by default)', default: DEFAULT_LISTEN_BACKLOG, parse: (r) => parseInteger(r, 1, 1_048_576) }),
   option({ env: 'REINIT_GUARD_PEEK_TIMEOUT', key: 'peekTimeoutMs', doc: 'how long to wait for the first SSE event to complete once coderd sent headers; past it the stream passes unchanged', default: DEFAULT_PEEK_TIMEOUT, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_PEEK_MAX_BYTES', key: 'peekMaxBytes', doc: 'most bytes held while reading the first SSE event; past it the stream passes unchanged', default: DEFAULT_PEEK_MAX_BYTES, parse: (r) => parseBytes(r, 1024, 16 * 1024 * 1024) }),
   option({ env: 'REINIT_GUARD_CACHE_SIZE', key: 'cacheSize', doc: 'most workspaces whose verdict is cached', default: DEFAULT_CACHE_SIZE, parse: (r) => parseInteger(r, 0, 10_000_000) }),

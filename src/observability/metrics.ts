@@ -17,7 +17,13 @@ export interface Metrics {
   decisionSeconds: Histogram<'source'>;
   dbErrors: Counter<'kind'>;
   holdsReleased: Counter<'reason'>;
+  holdRecheckFailures: Counter<'kind'>;
   cache: Counter<'result'>;
+  cacheWarmed: Gauge;
+  dbStatements: Counter<'statement' | 'result'>;
+  dbStatementSeconds: Histogram<'statement'>;
+  dbBatchWorkspaces: Histogram;
+  decisionQueue: Gauge;
   upstreamErrors: Counter<'kind'>;
   internalErrors: Counter<'where'>;
   refused: Counter<'reason'>;
@@ -72,10 +78,46 @@ export function createMetrics(defaults = true): Metrics {
       labelNames: ['reason'],
       registers,
     }),
+    holdRecheckFailures: new Counter({
+      name: 'coder_reinit_guard_hold_recheck_failures_total',
+      help: 'Rechecks of held /reinit streams that could not ask the database, by kind (also counted in coder_reinit_guard_db_errors_total). The stream stays held until REINIT_GUARD_HOLD_MAX.',
+      labelNames: ['kind'],
+      registers,
+    }),
     cache: new Counter({
       name: 'coder_reinit_guard_verdict_cache_total',
       help: 'Verdict cache lookups by result (hit, miss, shared).',
       labelNames: ['result'],
+      registers,
+    }),
+    cacheWarmed: new Gauge({
+      name: 'coder_reinit_guard_verdict_cache_warmed_workspaces',
+      help: 'Workspaces whose "claim already handled" verdict the last cache warm-up loaded.',
+      registers,
+      aggregator: 'max',
+    }),
+    dbStatements: new Counter({
+      name: 'coder_reinit_guard_db_statements_total',
+      help: 'Statements the guard sent to the database, by statement (latest_builds: a batch of decisions; warm_up: a page of the cache warm-up) and result (ok or the failure kind).',
+      labelNames: ['statement', 'result'],
+      registers,
+    }),
+    dbStatementSeconds: new Histogram({
+      name: 'coder_reinit_guard_db_statement_seconds',
+      help: 'Time from sending a statement to its answer (or its deadline), by statement.',
+      labelNames: ['statement'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    }),
+    dbBatchWorkspaces: new Histogram({
+      name: 'coder_reinit_guard_db_batch_workspaces',
+      help: 'Workspaces asked about per decision statement (a reconnect storm coalesces into large batches).',
+      buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
+      registers,
+    }),
+    decisionQueue: new Gauge({
+      name: 'coder_reinit_guard_decision_queue',
+      help: 'Workspace lookups waiting in the guard for a free database connection (they wait without a deadline; only a statement has one).',
       registers,
     }),
     upstreamErrors: new Counter({

@@ -1,6 +1,6 @@
 import { LRUCache } from 'lru-cache';
-import type { Queries } from '../db/queries.js';
-import { decide, isFinal, type Verdict } from './verdict.js';
+import type { Queries, WorkspaceLatestBuild } from '../db/queries.js';
+import { decide, isFinal, type LatestBuild, type Verdict } from './verdict.js';
 
 /** Why a decision could not be made; the stream then fails open. */
 export type DbFailure = 'timeout' | 'unavailable' | 'privilege' | 'error';
@@ -10,10 +10,16 @@ export type Decision =
   | { ok: true; verdict: Verdict; source: 'cache' | 'db' | 'shared' }
   | { ok: false; failure: DbFailure; detail: string };
 
+/** The statements the decider runs, for metrics (label `statement`). */
+export type Statement = 'latest_builds' | 'warm_up';
+
 /** Options of the decider. */
 export interface DeciderOptions {
   queries: Queries;
-  /** Deadline for one decision's database work, from the caller's point of view. */
+  /**
+   * Deadline of one statement, from the moment it is sent to the database. Time a lookup
+   * spends in the guard's own queue is not counted: the guard's queueing never fails open.
+   */
   timeoutMs: number;
   /** Most cached workspaces; 0 disables the cache. */
   cacheSize: number;
@@ -21,13 +27,25 @@ export interface DeciderOptions {
   finalTtlMs: number;
   /** TTL of verdicts that can change (the claim build is the latest, or not yet created). */
   transientTtlMs: number;
-  /** Most lookups handed to the database client at once: the pool size. */
+  /** Most statements in flight at once: the pool size, so postgres.js never queues. */
   maxConcurrent: number;
+  /** Most workspaces one statement asks about. */
+  batchSize: number;
+  /**
+   * While lookups keep arriving, a statement is sent at most this often (or once a batch is
+   * full): a reconnect storm coalesces into few statements. A lookup arriving after a quiet
+   * spell is sent at once.
+   */
+  batchWindowMs: number;
   /** Called with every verdict source, for metrics. */
   onCache?: (result: 'hit' | 'miss' | 'shared') => void;
+  /** Called once per statement with its size and result, for metrics. */
+  onStatement?: (s: { statement: Statement; workspaces: number; seconds: number; failure: DbFailure | null }) => void;
+  /** Lookups waiting in the guard's queue, after every change (for a gauge). */
+  onQueue?: (waiting: number) => void;
 }
 
-/** Gives verdicts for workspaces: cached, shared between concurrent callers, bounded. */
+/** Gives verdicts for workspaces: cached, shared between concurrent callers, batched. */
 export interface Decider {
   /**
    * A verdict for the workspace. `fresh` skips a cached verdict (a lookup already in
@@ -35,6 +53,16 @@ export interface Decider {
    * this way whether the claim build exists yet.
    */
   decide(workspaceId: string, opts?: { fresh?: boolean }): Promise<Decision>;
+}
+
+/** The decider of the process that owns the database pool (the cluster primary). */
+export interface LocalDecider extends Decider {
+  /**
+   * Fills the cache with every "claim already handled" verdict of the fleet, page by page,
+   * one statement at a time; resolves with how many were cached. Such a verdict is final,
+   * so a reconnect storm against a warm guard costs no statement at all.
+   */
+  warmUp(opts?: { pageSize?: number }): Promise<{ cached: number; statements: number }>;
 }
 
 const POSTGRES_CODES: Record<string, DbFailure> = {
@@ -45,6 +73,7 @@ const POSTGRES_CODES: Record<string, DbFailure> = {
 
 /** Maps a postgres.js or network error to what it means for the decision. */
 export function classifyDbError(err: unknown): { failure: DbFailure; detail: string } {
+  if (err instanceof DeadlineError) return { failure: 'timeout', detail: err.message };
   const e = err as { code?: string; message?: string; errno?: string };
   const code = e?.code ?? '';
   const message = (e?.message ?? String(err)).slice(0, 300);
@@ -57,71 +86,165 @@ export function classifyDbError(err: unknown): { failure: DbFailure; detail: str
 
 class DeadlineError extends Error {}
 
-/**
- * Admits at most `max` tasks at once; the others wait in a queue they leave when their
- * deadline passes, so they never reach the database. (Cancelling queries queued inside
- * postgres.js instead left its pool stuck after an outage in our fault tests.)
- */
-function createGate(max: number) {
-  let running = 0;
-  const waiting: Array<() => void> = [];
-  const release = () => {
-    running--;
-    waiting.shift()?.();
-  };
-  return {
-    /** Runs `task` once admitted, unless `deadlineMs` passes first (then rejects). */
-    run<T>(task: () => Promise<T>, deadlineMs: number): Promise<T> {
-      const start = () => {
-        running++;
-        return task().finally(release);
-      };
-      if (running < max) return start();
-      return new Promise<T>((resolve, reject) => {
-        const admit = () => {
-          clearTimeout(timer);
-          start().then(resolve, reject);
-        };
-        const timer = setTimeout(() => {
-          const i = waiting.indexOf(admit);
-          if (i !== -1) waiting.splice(i, 1);
-          reject(new DeadlineError());
-        }, deadlineMs);
-        waiting.push(admit);
-      });
-    },
-  };
+/** Failures that say the database itself cannot answer now (not this batch's data). */
+const DATABASE_WIDE: ReadonlySet<DbFailure> = new Set(['timeout', 'unavailable', 'privilege']);
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/** One workspace waiting for its statement, with everyone who asked. */
+interface Lookup {
+  id: string;
+  promise: Promise<Verdict>;
+  resolve(v: Verdict): void;
+  reject(err: unknown): void;
 }
 
 /**
  * Creates the decider. A workspace's "claim already handled" verdict is final (a workspace
- * is claimed once) and cached long; other verdicts live only seconds. Concurrent lookups
- * of one workspace share one query, so a reconnect storm costs one query per workspace;
- * at most `maxConcurrent` lookups run at once and the rest queue here, bounded by their
- * deadline.
+ * is claimed once) and cached long; other verdicts live only seconds. Concurrent lookups of
+ * one workspace share one entry, and lookups of many workspaces share one statement: they
+ * wait in the guard's queue (with no deadline of their own) until a connection is free, then
+ * go as one batch of up to `batchSize`. Only the statement has a deadline. When the
+ * database cannot answer (down, too slow, missing grant), everything queued behind the
+ * failed statement fails with it at once: they would wait for the same database.
  */
-export function createDecider(opts: DeciderOptions): Decider {
+export function createDecider(opts: DeciderOptions): LocalDecider {
   const cache =
     opts.cacheSize > 0 ? new LRUCache<string, Verdict>({ max: opts.cacheSize, ttl: opts.finalTtlMs, ttlAutopurge: false }) : null;
-  const inflight = new Map<string, Promise<Verdict>>();
-  const gate = createGate(opts.maxConcurrent);
+  /** Every workspace queued or in a statement, by id: later callers join it. */
+  const inflight = new Map<string, Lookup>();
+  /** Queued workspaces, oldest first (Map keeps insertion order). */
+  const queue = new Map<string, Lookup>();
+  let running = 0;
+  /** Statements past their deadline that still hold a connection. */
+  let overdue = 0;
+  let lastSent = -Infinity;
+  let windowTimer: NodeJS.Timeout | null = null;
+  const queued = () => opts.onQueue?.(queue.size);
 
-  const lookup = (id: string): Promise<Verdict> => {
-    const p = gate.run(() => opts.queries.latestBuild(id), opts.timeoutMs).then((latest) => {
-      const verdict = decide(latest);
-      cache?.set(id, verdict, { ttl: isFinal(verdict) ? opts.finalTtlMs : opts.transientTtlMs });
-      return verdict;
+  const remember = (id: string, verdict: Verdict) => {
+    cache?.set(id, verdict, { ttl: isFinal(verdict) ? opts.finalTtlMs : opts.transientTtlMs });
+  };
+
+  /** Runs one statement on a free connection, bounded by the deadline from now on. */
+  const statement = async <T>(name: Statement, workspaces: number, run: () => Promise<T>): Promise<T> => {
+    running++;
+    const started = performance.now();
+    const task = run();
+    let timer: NodeJS.Timeout | undefined;
+    let late = false;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        late = true;
+        overdue++;
+        reject(new DeadlineError(`no answer within ${opts.timeoutMs}ms`));
+        pump();
+      }, opts.timeoutMs);
     });
-    inflight.set(id, p);
-    // Keep the entry until the query settles, even past a caller's deadline, so that
-    // callers arriving meanwhile join it rather than piling up more queries.
-    const clear = () => inflight.delete(id);
-    p.then(clear, clear);
-    return p;
+    // The connection stays taken until the statement itself settles (the server's
+    // statement_timeout ends it), even when the caller's deadline passed first: the pool
+    // bound holds. (Cancelling queries queued inside postgres.js left its pool stuck
+    // after an outage in our fault tests.)
+    const settled = () => {
+      if (late) overdue--;
+      release();
+    };
+    void task.then(settled, settled);
+    try {
+      const value = await Promise.race([task, deadline]);
+      opts.onStatement?.({ statement: name, workspaces, seconds: (performance.now() - started) / 1000, failure: null });
+      return value;
+    } catch (err) {
+      opts.onStatement?.({ statement: name, workspaces, seconds: (performance.now() - started) / 1000, failure: classifyDbError(err).failure });
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+
+  const release = () => {
+    running--;
+    // After the statement's own caller has handled its result: a database-wide failure
+    // fails the queue first, rather than sending the next batch into the same failure.
+    setImmediate(pump);
+  };
+
+  /** Sends queued lookups while a connection is free and the window allows. */
+  const pump = () => {
+    if (queue.size > 0 && running >= opts.maxConcurrent && overdue === running) {
+      // Every connection holds a statement the database has not answered past its
+      // deadline (black-holed, hung): nothing queued can be sent before one of them ends.
+      return failQueue(new DeadlineError(`the database has not answered ${overdue} statement(s) within ${opts.timeoutMs}ms`));
+    }
+    while (queue.size > 0 && running < opts.maxConcurrent) {
+      const wait = lastSent + opts.batchWindowMs - performance.now();
+      if (queue.size < opts.batchSize && wait > 0) {
+        windowTimer ??= setTimeout(() => {
+          windowTimer = null;
+          pump();
+        }, Math.ceil(wait));
+        return;
+      }
+      lastSent = performance.now();
+      const batch: Lookup[] = [];
+      for (const lookup of queue.values()) {
+        batch.push(lookup);
+        queue.delete(lookup.id);
+        if (batch.length === opts.batchSize) break;
+      }
+      queued();
+      void send(batch);
+    }
+  };
+
+  const send = async (batch: Lookup[]) => {
+    try {
+      const latest = await statement('latest_builds', batch.length, () => opts.queries.latestBuilds(batch.map((l) => l.id)));
+      for (const l of batch) {
+        const verdict = decide((latest.get(l.id) as LatestBuild | undefined) ?? null);
+        remember(l.id, verdict);
+        settle(l, () => l.resolve(verdict));
+      }
+    } catch (err) {
+      for (const l of batch) settle(l, () => l.reject(err));
+      // The database cannot answer now: what waits behind this statement would wait for
+      // the same database. Fail it now rather than a deadline later.
+      if (DATABASE_WIDE.has(classifyDbError(err).failure)) failQueue(err);
+    }
+  };
+
+  const failQueue = (err: unknown) => {
+    const failed = [...queue.values()];
+    queue.clear();
+    queued();
+    for (const l of failed) settle(l, () => l.reject(err));
+  };
+
+  const settle = (l: Lookup, fn: () => void) => {
+    if (inflight.get(l.id) === l) inflight.delete(l.id);
+    fn();
+  };
+
+  const enqueue = (id: string): Lookup => {
+    let resolve!: (v: Verdict) => void;
+    let reject!: (err: unknown) => void;
+    const promise = new Promise<Verdict>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    promise.catch(() => {}); // Every caller handles it; none may become unhandled.
+    const lookup: Lookup = { id, promise, resolve, reject };
+    inflight.set(id, lookup);
+    queue.set(id, lookup);
+    queued();
+    pump();
+    return lookup;
   };
 
   return {
-    async decide(id, decideOpts) {
+    async decide(workspaceId, decideOpts) {
+      const id = workspaceId.toLowerCase();
+      if (!UUID.test(id)) return { ok: false, failure: 'error', detail: 'the workspace id is not a uuid' };
       const cached = decideOpts?.fresh ? undefined : cache?.get(id);
       if (cached) {
         opts.onCache?.('hit');
@@ -129,21 +252,36 @@ export function createDecider(opts: DeciderOptions): Decider {
       }
       const shared = inflight.get(id);
       opts.onCache?.(shared ? 'shared' : 'miss');
-      const pending = shared ?? lookup(id);
-      let timer: NodeJS.Timeout | undefined;
       try {
-        const deadline = new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new DeadlineError()), opts.timeoutMs);
-        });
-        const verdict = await Promise.race([pending, deadline]);
+        const verdict = await (shared ?? enqueue(id)).promise;
         return { ok: true, verdict, source: shared ? 'shared' : 'db' };
       } catch (err) {
-        if (err instanceof DeadlineError) {
-          return { ok: false, failure: 'timeout', detail: `no answer within ${opts.timeoutMs}ms` };
-        }
         return { ok: false, ...classifyDbError(err) };
-      } finally {
-        clearTimeout(timer);
+      }
+    },
+
+    async warmUp(warmOpts) {
+      const pageSize = warmOpts?.pageSize ?? 2000;
+      let after: string | null = null;
+      let cachedCount = 0;
+      let statements = 0;
+      if (!cache) return { cached: 0, statements: 0 };
+      for (;;) {
+        // One page at a time, and only on a free connection: lookups of agents waiting now
+        // go first (they are queued; the warm-up waits for a quiet connection).
+        while (running >= opts.maxConcurrent || queue.size > 0) await new Promise((r) => setTimeout(r, 10));
+        statements++;
+        const from: string | null = after;
+        const rows: WorkspaceLatestBuild[] = await statement('warm_up', 0, () => opts.queries.claimedPrebuildsPage(from, pageSize));
+        for (const { workspace_id, ...latest } of rows) {
+          const verdict = decide(latest);
+          // Only final verdicts: a transient one would be stale long before the next warm-up.
+          if (!isFinal(verdict)) continue;
+          remember(workspace_id, verdict);
+          if (++cachedCount >= opts.cacheSize) return { cached: cachedCount, statements };
+        }
+        if (rows.length < pageSize) return { cached: cachedCount, statements };
+        after = (rows[rows.length - 1] as WorkspaceLatestBuild).workspace_id;
       }
     },
   };

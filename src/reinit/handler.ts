@@ -140,6 +140,7 @@ export function createReinitHandler(deps: ReinitDeps) {
   /** Polls a held stream's workspace until its verdict is no longer `hold`, then releases the stream. */
   const recheckHold = (id: string, res: ServerResponse, release: () => void) => {
     let timer: NodeJS.Timeout | undefined;
+    let warned = false;
     const tick = async () => {
       const d = await deps.decider.decide(id, { fresh: true });
       if (res.writableEnded || res.destroyed) return;
@@ -148,7 +149,14 @@ export function createReinitHandler(deps: ReinitDeps) {
         log.info('held reinit stream released', { workspace_id: id, reason: d.verdict.reason });
         return release();
       }
-      // A failed lookup keeps the hold: holdMaxMs still ends it.
+      if (!d.ok) {
+        // A failed recheck keeps the hold (holdMaxMs still ends it, and the agent is judged
+        // afresh when it reconnects). Counted every time, logged once per held stream.
+        metrics.dbErrors.inc({ kind: d.failure });
+        metrics.holdRecheckFailures.inc({ kind: d.failure });
+        if (!warned) log.warn('held reinit stream recheck failed', { workspace_id: id, reason: `db_${d.failure}`, detail: d.detail, effect: `the stream stays held; it ends within ${deps.holdMaxMs}ms at most` });
+        warned = true;
+      }
       timer = setTimeout(() => void tick(), deps.holdRecheckMs);
     };
     timer = setTimeout(() => void tick(), deps.holdRecheckMs);

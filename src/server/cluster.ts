@@ -111,8 +111,13 @@ export async function runPrimary(config: Config, log: Logger, graceMs: number): 
   };
 }
 
-/** A decider that asks the primary. A lost answer fails open at the decision deadline. */
+/**
+ * A decider that asks the primary. The primary always answers (its statements have a
+ * deadline, its queue fails with the database), so the timer here only guards against a
+ * lost answer: long enough that a decision queued behind a storm is never cut by it.
+ */
 function ipcDecider(timeoutMs: number): Decider {
+  const lostAfterMs = Math.max(30_000, 10 * timeoutMs);
   let seq = 0;
   const pending = new Map<number, (d: Decision) => void>();
   process.on('message', (m: Msg) => {
@@ -126,8 +131,8 @@ function ipcDecider(timeoutMs: number): Decider {
         const id = ++seq;
         const timer = setTimeout(() => {
           pending.delete(id);
-          resolve({ ok: false, failure: 'timeout', detail: 'no verdict from the primary in time' });
-        }, timeoutMs + 500);
+          resolve({ ok: false, failure: 'error', detail: `no verdict from the primary within ${lostAfterMs}ms` });
+        }, lostAfterMs);
         pending.set(id, (d) => {
           clearTimeout(timer);
           resolve(d);

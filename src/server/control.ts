@@ -10,7 +10,7 @@ import { GUARD_VERSION } from '../lifecycle/version.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Upstream } from '../proxy/upstream.js';
-import { classifyDbError, createDecider, type Decider } from '../reinit/decider.js';
+import { classifyDbError, createDecider, type Decider, type LocalDecider } from '../reinit/decider.js';
 import { createAdminApp, type ProxyingState } from './admin-app.js';
 import { listen } from './listen.js';
 
@@ -48,7 +48,8 @@ const withTimeout = <T>(p: Promise<T>, ms: number, what: string) =>
 export async function startControlPlane(config: Config, opts: ControlOptions): Promise<ControlPlane> {
   const { metrics } = opts;
   let sql: Sql | null = null;
-  let decider: Decider | null = null;
+  let decider: LocalDecider | null = null;
+  let warmer: { stop(): void } | null = null;
   const probes: Record<string, () => Promise<ProbeResult>> = { coderd: () => probeUpstream(opts.upstream) };
   if (config.mode !== 'off') {
     sql = createDbClient({
@@ -65,8 +66,17 @@ export async function startControlPlane(config: Config, opts: ControlOptions): P
       finalTtlMs: config.suppressCacheTtlMs,
       transientTtlMs: config.passCacheTtlMs,
       maxConcurrent: config.dbPoolSize,
+      batchSize: config.dbBatchSize,
+      batchWindowMs: config.dbBatchWindowMs,
       onCache: (result) => metrics.cache.inc({ result }),
+      onStatement: ({ statement, workspaces, seconds, failure }) => {
+        metrics.dbStatements.inc({ statement, result: failure ?? 'ok' });
+        if (statement === 'latest_builds') metrics.dbBatchWorkspaces.observe(workspaces);
+        metrics.dbStatementSeconds.observe({ statement }, seconds);
+      },
+      onQueue: (waiting) => metrics.decisionQueue.set(waiting),
     });
+    warmer = keepWarm(decider, config.cacheWarmIntervalMs, opts.log, metrics);
     probes.database = () =>
       withTimeout(queries.ping(), config.dbTimeoutMs, 'database ping').then(
         () => ({ ok: true }),
@@ -128,6 +138,7 @@ export async function startControlPlane(config: Config, opts: ControlOptions): P
       draining = true;
     },
     async close() {
+      warmer?.stop();
       watcher.stop();
       dependencies.stop();
       await new Promise<void>((resolve) => {
@@ -144,4 +155,41 @@ async function probeUpstream(upstream: Upstream): Promise<ProbeResult> {
   const r = await requestBuildinfo(upstream, 2000);
   if (!r.ok) return { ok: false, detail: `unreachable: ${r.code}` };
   return r.status < 500 ? { ok: true } : { ok: false, detail: `buildinfo answered ${r.status}` };
+}
+
+/**
+ * Fills the verdict cache with every "claim already handled" workspace at start and then
+ * every `intervalMs` (0: never), in the background: readiness never waits for it. Such a
+ * verdict is final, so a reconnect storm against a warm guard costs no statement; a
+ * workspace claimed after a warm-up is looked up as usual. A failed warm-up is logged and
+ * tried again after at most 30 s; it changes nothing else (lookups still work).
+ */
+function keepWarm(decider: LocalDecider, intervalMs: number, log: Logger, metrics: Metrics): { stop(): void } {
+  if (intervalMs <= 0) return { stop() {} };
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  const run = async () => {
+    const started = performance.now();
+    let next = intervalMs;
+    try {
+      const { cached, statements } = await decider.warmUp();
+      metrics.cacheWarmed.set(cached);
+      log.info('verdict cache warmed', { workspaces: cached, statements, ms: Math.round(performance.now() - started) });
+    } catch (err) {
+      const { failure, detail } = classifyDbError(err);
+      metrics.dbErrors.inc({ kind: failure });
+      log.warn('verdict cache warm-up failed', { failure, detail, effect: 'none: each workspace is looked up when its agent connects; retried later' });
+      next = Math.min(intervalMs, 30_000);
+    }
+    if (stopped) return;
+    timer = setTimeout(() => void run(), next);
+    timer.unref();
+  };
+  void run();
+  return {
+    stop() {
+      stopped = true;
+      clearTimeout(timer);
+    },
+  };
 }

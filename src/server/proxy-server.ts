@@ -124,13 +124,13 @@ export async function startProxyServer(
     return server;
   };
   const servers: http.Server[] = [wire(http.createServer(serverOptions, listener))];
-  const address = await listen(servers[0]!, config.listen.host, config.listen.port);
+  const address = await listen(servers[0]!, config.listen.host, config.listen.port, config.listenBacklog);
   let tlsAddress: AddressInfo | null = null;
   if (config.tlsListen && config.tlsCert && config.tlsKey) {
     // Same handler, same tunnel: a client that reached coderd on 443 sees the same guard.
     const tlsServer = wire(https.createServer({ ...serverOptions, cert: config.tlsCert, key: config.tlsKey }, listener));
     servers.push(tlsServer);
-    tlsAddress = await listen(tlsServer, config.tlsListen.host, config.tlsListen.port);
+    tlsAddress = await listen(tlsServer, config.tlsListen.host, config.tlsListen.port, config.listenBacklog);
   }
   return {
     address,

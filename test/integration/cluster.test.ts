@@ -20,7 +20,8 @@ beforeAll(async () => {
   for (let i = 0; i < 6; i++) longClaimed.push(await seedScenario(db.sql, 'long_claimed', user));
   justClaimed = await seedScenario(db.sql, 'just_claimed', user);
   standin = await startCoderdStandin({ pgUrl: db.url, pingIntervalMs: 300 });
-  guard = await startGuardProcess({ REINIT_GUARD_UPSTREAM: standin.url, REINIT_GUARD_PG_URL: db.url, REINIT_GUARD_WORKERS: '2' });
+  // Lookups are counted below: no cache warm-up (it would answer them all from the cache).
+  guard = await startGuardProcess({ REINIT_GUARD_UPSTREAM: standin.url, REINIT_GUARD_PG_URL: db.url, REINIT_GUARD_WORKERS: '2', REINIT_GUARD_CACHE_WARM_INTERVAL: '0' });
 });
 
 afterAll(async () => {
@@ -99,7 +100,7 @@ describe('several workers share retirement, mode and verdicts, through worker re
   });
 
   it('verdicts stay shared after a worker restart: no second lookup of a known workspace', async () => {
-    const g = await startGuardProcess({ REINIT_GUARD_UPSTREAM: standin.url, REINIT_GUARD_PG_URL: db.url, REINIT_GUARD_WORKERS: '2' });
+    const g = await startGuardProcess({ REINIT_GUARD_UPSTREAM: standin.url, REINIT_GUARD_PG_URL: db.url, REINIT_GUARD_WORKERS: '2', REINIT_GUARD_CACHE_WARM_INTERVAL: '0' });
     extra.push(g);
     const all = async () => (await Promise.all(longClaimed.map((s) => connectReinit(g.url, s.token)))).map((r) => r.status);
     expect(await all()).toEqual(Array(longClaimed.length).fill(409));

@@ -171,6 +171,8 @@ describe('database access', () => {
     expect(await g.metric('coder_reinit_guard_reinit_requests_total', { outcome: 'failed_open' })).toBe(0);
     const ready = await fetch(`${g.adminUrl}/readyz`);
     expect(ready.status).toBe(200);
+    // The cache warm-up runs under the same grants.
+    await expect.poll(() => g.logs.entries().find((e) => e.msg === 'verdict cache warmed' || e.msg === 'verdict cache warm-up failed')?.msg).toBe('verdict cache warmed');
   });
 
   it('a role missing a grant fails open, and the log names the missing privilege', async () => {
