@@ -13,8 +13,9 @@ import { runHttp, type HttpRow } from './scenarios/http.js';
 import { runIdle } from './scenarios/idle.js';
 import { runRelay } from './scenarios/relay.js';
 import { runReinit } from './scenarios/reinit.js';
+import { runStorms } from './scenarios/storm.js';
 
-const ALL = ['http', 'relay', 'reinit', 'idle'] as const;
+const ALL = ['http', 'relay', 'reinit', 'storm', 'idle'] as const;
 const picked = process.argv.slice(2).filter((a) => (ALL as readonly string[]).includes(a));
 const scenarios = picked.length ? picked : [...ALL];
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
@@ -102,20 +103,39 @@ async function main() {
   if (scenarios.includes('reinit')) {
     const pg = await startEmbeddedPg({ withSchemaTemplate: true });
     try {
-      const { cached, storm } = await runReinit(pg, { samples: 2000, stormAgents: Number(process.env.BENCH_STORM_AGENTS ?? 5000), workers: WORKERS });
+      const { cached } = await runReinit(pg, { samples: 2000, workers: process.env.BENCH_GUARD_WORKERS });
       table('/reinit with a cached verdict (409) vs. the same stream passed through', [cached as unknown as Record<string, unknown>]);
-      table('reconnect storm', [
-        { storm: 'first', ...storm.first, statuses: JSON.stringify(storm.first.statuses) },
-        { storm: 'second', ...storm.second },
-      ]);
       bars['/reinit cached: added p99 <= 1 ms'] = verdict(cached.addedP99Ms <= 1);
-      bars['storm: every agent gets 409'] = verdict(storm.first.allConflict && storm.second.allConflict);
-      bars['storm: one DB query per workspace'] = verdict(storm.first.dbLookups === storm.agents);
-      bars['storm: DB concurrency <= pool size'] = verdict(storm.first.maxGuardDbConnections <= storm.poolSize);
-      bars['storm: all answered within 10 s'] = verdict(storm.first.seconds <= 10);
-      bars['storm: second storm issues zero DB queries'] = verdict(storm.second.dbLookups === 0);
       results.reinitCached = cached;
-      results.storm = storm;
+    } finally {
+      await pg.stop();
+    }
+  }
+
+  if (scenarios.includes('storm')) {
+    const pg = await startEmbeddedPg({ withSchemaTemplate: true });
+    try {
+      const agents = Number(process.env.BENCH_STORM_AGENTS ?? 10_000);
+      const { rows, poolSize } = await runStorms(pg, { agents, workers: process.env.BENCH_GUARD_WORKERS });
+      table(`reconnect storms: ${agents} agents (default configuration, REINIT_GUARD_WORKERS ${process.env.BENCH_GUARD_WORKERS ?? 'unset'})`, rows.map((r) => ({ ...r, statuses: JSON.stringify(r.statuses) })));
+      const row = (prefix: string) => rows.find((r) => r.storm.startsWith(prefix))!;
+      const direct = row('direct');
+      const cold = row('cold');
+      const again = row('again');
+      const warm = row('warm');
+      const mixed = row('mixed');
+      const limit = Math.max(10, 1.2 * direct.seconds);
+      bars[`storm cold: all 409, 0 failed open, 0 errors, within max(10 s, 1.2x direct = ${round(1.2 * direct.seconds, 1)} s)`] = verdict(
+        cold.statuses['409'] === agents && cold.failedOpen === 0 && cold.errors === 0 && cold.seconds <= limit,
+      );
+      bars['storm again at once: 0 statements, <= 5 s'] = verdict(again.statements === 0 && again.statuses['409'] === agents && again.seconds <= 5);
+      bars['storm warm (default): 0 statements, all 409'] = verdict(warm.statements === 0 && warm.statuses['409'] === agents);
+      bars['storm mixed: every agent gets what the patched coderd gives it'] = verdict(mixed.wrong === 0 && mixed.failedOpen === 0);
+      bars[`storm cold: statements <= workspaces / 100 (${cold.statements})`] = verdict(cold.statements <= agents / 100);
+      bars['storm: DB connections <= pool size'] = verdict(rows.every((r) => r.maxDbConnections === undefined || r.maxDbConnections <= poolSize));
+      bars['storm: guard RSS <= 300 MiB'] = verdict(rows.every((r) => r.maxRssMiB === undefined || r.maxRssMiB <= 300));
+      bars['storm: upstream connections never above client connections'] = verdict(rows.every((r) => r.maxUpstreamOverClients === undefined || r.maxUpstreamOverClients <= 0));
+      results.storms = { agents, poolSize, rows };
     } finally {
       await pg.stop();
     }

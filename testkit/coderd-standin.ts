@@ -32,6 +32,8 @@ export interface Standin {
    * /api/v2/buildinfo (for "never forwarded").
    */
   requests: number;
+  /** TCP connections open to the stand-in now (the guard's upstream connections, in tests). */
+  openConnections: number;
   close(): Promise<void>;
 }
 
@@ -149,7 +151,13 @@ export async function startCoderdStandin(opts: StandinOptions): Promise<Standin>
     }
   });
   server.keepAliveTimeout = 65_000;
-  await new Promise<void>((resolve) => server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', resolve));
+  let open = 0;
+  server.on('connection', (socket) => {
+    open++;
+    socket.once('close', () => open--);
+  });
+  // Go's net.Listen asks for the kernel's maximum accept queue (net.core.somaxconn), not Node's 511.
+  await new Promise<void>((resolve) => server.listen({ port: opts.port ?? 0, host: opts.host ?? '127.0.0.1', backlog: 65535 }, resolve));
   const { port } = server.address() as AddressInfo;
   return {
     url: `http://127.0.0.1:${port}`,
@@ -159,6 +167,9 @@ export async function startCoderdStandin(opts: StandinOptions): Promise<Standin>
     },
     get requests() {
       return state.requests;
+    },
+    get openConnections() {
+      return open;
     },
     async close() {
       server.closeAllConnections();

@@ -142,12 +142,25 @@ export async function seedScenario(sql: Sql, scenario: Scenario, userId: string,
   return { scenario, workspaceId: ws, ownerId: owner, token, latestJobId: last.jobId };
 }
 
+/** Workspaces seeded in bulk, by what the unpatched coderd and the guard make of them. */
+export type BulkKind =
+  | 'long_claimed' // prebuild, claim, stop, start: the bug's victims (409 through the guard)
+  | 'just_claimed' // prebuild, claim: the claim build is the latest (the event is genuine)
+  | 'held'; // owner changed, only the prebuild's own build: the claim build does not exist yet (held)
+
 /**
  * Seeds `n` long-claimed workspaces (prebuild, claim, stop, start) in a few set-based
  * statements, for storms; returns their agent tokens and workspace ids.
  */
-export async function seedLongClaimedBulk(sql: Sql, userId: string, n: number, prefix = 'storm'): Promise<Array<{ token: string; workspaceId: string }>> {
+export const seedLongClaimedBulk = (sql: Sql, userId: string, n: number, prefix = 'storm') => seedBulk(sql, userId, n, 'long_claimed', prefix);
+
+/**
+ * Seeds `n` workspaces of one kind in a few set-based statements (storms need thousands);
+ * the agent belongs to the latest start build. Returns agent tokens and workspace ids.
+ */
+export async function seedBulk(sql: Sql, userId: string, n: number, kind: BulkKind, prefix: string = kind): Promise<Array<{ token: string; workspaceId: string }>> {
   const P = PREBUILDS_USER_ID;
+  const builds = kind === 'long_claimed' ? 4 : kind === 'just_claimed' ? 2 : 1;
   return sql.begin(async (tx) => {
     await tx`CREATE TEMP TABLE seed ON COMMIT DROP AS
       SELECT g AS i, gen_random_uuid() AS ws, gen_random_uuid() AS token, gen_random_uuid() AS res,
@@ -158,12 +171,12 @@ export async function seedLongClaimedBulk(sql: Sql, userId: string, n: number, p
     await tx`INSERT INTO provisioner_jobs (id, created_at, updated_at, started_at, completed_at, organization_id, initiator_id, provisioner, storage_method, type, input, file_id)
       SELECT jobs[b], now(), now(), now(), now(), ${ORG}, CASE WHEN b = 1 THEN ${P}::uuid ELSE ${userId}::uuid END, 'terraform', 'file', 'workspace_build',
              CASE b WHEN 1 THEN '{"prebuilt_workspace_stage":1}'::jsonb WHEN 2 THEN '{"prebuilt_workspace_stage":2}'::jsonb ELSE '{}'::jsonb END, ${FILE}
-      FROM seed, generate_series(1, 4) b`;
+      FROM seed, generate_series(1, ${builds}) b`;
     await tx`INSERT INTO workspace_builds (id, created_at, updated_at, workspace_id, template_version_id, build_number, transition, initiator_id, job_id)
       SELECT gen_random_uuid(), now(), now(), ws, ${TEMPLATE_VERSION}, b, (CASE WHEN b = 3 THEN 'stop' ELSE 'start' END)::workspace_transition,
              CASE WHEN b = 1 THEN ${P}::uuid ELSE ${userId}::uuid END, jobs[b]
-      FROM seed, generate_series(1, 4) b`;
-    await tx`INSERT INTO workspace_resources (id, created_at, job_id, transition, type, name) SELECT res, now(), jobs[4], 'start', 'docker_container', 'main' FROM seed`;
+      FROM seed, generate_series(1, ${builds}) b`;
+    await tx`INSERT INTO workspace_resources (id, created_at, job_id, transition, type, name) SELECT res, now(), jobs[${builds}], 'start', 'docker_container', 'main' FROM seed`;
     await tx`INSERT INTO workspace_agents (id, created_at, updated_at, name, resource_id, auth_token, architecture, operating_system)
       SELECT gen_random_uuid(), now(), now(), 'main', res, token, 'amd64', 'linux' FROM seed`;
     return tx<Array<{ token: string; workspaceId: string }>>`SELECT token::text AS token, ws::text AS "workspaceId" FROM seed ORDER BY i`;

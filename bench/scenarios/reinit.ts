@@ -17,24 +17,19 @@ export interface ReinitCachedResult {
   addedP99Ms: number;
 }
 
-export interface StormResult {
-  agents: number;
-  first: { allConflict: boolean; statuses: Record<string, number>; seconds: number; dbLookups: number; maxGuardDbConnections: number; maxGuardActiveQueries: number };
-  second: { allConflict: boolean; seconds: number; dbLookups: number };
-  poolSize: number;
-}
-
-/** A database with `n` long-claimed workspaces, the unpatched stand-in and a guard per mode. */
-export async function runReinit(pg: EmbeddedPg, opts: { samples: number; stormAgents: number; workers: string }): Promise<{ cached: ReinitCachedResult; storm: StormResult }> {
+/**
+ * `/reinit` answered from a cached verdict (409) against the same stream passed through (mode
+ * off), on the unpatched stand-in. The reconnect storms are in ./storm.ts.
+ */
+export async function runReinit(pg: EmbeddedPg, opts: { samples: number; workers?: string }): Promise<{ cached: ReinitCachedResult }> {
   const url = await pg.createDatabase(`bench_${Date.now()}`);
   const sql = postgres(url, { max: 2, onnotice: () => {} });
   const user = await createUser(sql, 'bench');
-  const seeded = await seedLongClaimedBulk(sql, user, opts.stormAgents + 1);
-  const probe = seeded.pop()!;
+  const probe = (await seedLongClaimedBulk(sql, user, 1))[0]!;
   const standinPort = await freePort();
   const standin = await startNode('standin', 'bench/standin-process.ts', standinPort, { PG_URL: url });
   const upstream = `http://127.0.0.1:${standinPort}`;
-  const env = { REINIT_GUARD_PG_URL: url, REINIT_GUARD_WORKERS: opts.workers };
+  const env = { REINIT_GUARD_PG_URL: url, ...(opts.workers ? { REINIT_GUARD_WORKERS: opts.workers } : {}) };
   try {
     // /reinit with a cached verdict vs. the same stream passed through (mode off): both
     // guards run at once and requests alternate between them, so drift hits both alike.
@@ -61,51 +56,7 @@ export async function runReinit(pg: EmbeddedPg, opts: { samples: number; stormAg
     };
     process.stderr.write(`  reinit cached: p99 ${cached.cachedP99Ms} ms vs pass-through ${cached.passThroughP99Ms} ms\n`);
 
-    // Reconnect storm: every agent at once, twice.
-    const g = (await startContender('guard', upstream, env)) as Guard;
-    try {
-      let maxConns = 0;
-      let maxActive = 0;
-      let sampling = true;
-      const sampler = (async () => {
-        const s = postgres(url, { max: 1, onnotice: () => {} });
-        while (sampling) {
-          const [r] = await s<{ conns: number; active: number }[]>`
-            SELECT count(*)::int AS conns, count(*) FILTER (WHERE state = 'active')::int AS active
-            FROM pg_stat_activity WHERE application_name = 'coder-reinit-guard'`;
-          maxConns = Math.max(maxConns, r!.conns);
-          maxActive = Math.max(maxActive, r!.active);
-          await new Promise((res) => setTimeout(res, 2));
-        }
-        await s.end();
-      })();
-      const storm = async () => {
-        const before = promSum(await metricsOf(g), 'coder_reinit_guard_verdict_cache_total', { result: 'miss' });
-        const t = performance.now();
-        const results = await Promise.all(seeded.map((s) => connectReinit(g.url, s.token, { timeoutMs: 30_000 }).catch(() => ({ status: 0 }))));
-        const seconds = round((performance.now() - t) / 1000, 2);
-        const statuses: Record<string, number> = {};
-        for (const r of results) statuses[r.status] = (statuses[r.status] ?? 0) + 1;
-        const lookups = promSum(await metricsOf(g), 'coder_reinit_guard_verdict_cache_total', { result: 'miss' }) - before;
-        return { allConflict: statuses['409'] === seeded.length, statuses, seconds, dbLookups: lookups };
-      };
-      const first = await storm();
-      sampling = false;
-      await sampler;
-      const second = await storm();
-      process.stderr.write(`  storm: ${JSON.stringify(first.statuses)} in ${first.seconds}s, ${first.dbLookups} lookups; again: ${second.seconds}s, ${second.dbLookups} lookups\n`);
-      return {
-        cached,
-        storm: {
-          agents: seeded.length,
-          first: { ...first, maxGuardDbConnections: maxConns, maxGuardActiveQueries: maxActive },
-          second: { allConflict: second.allConflict, seconds: second.seconds, dbLookups: second.dbLookups },
-          poolSize: 4,
-        },
-      };
-    } finally {
-      await g.proc?.stop();
-    }
+    return { cached };
   } finally {
     await standin.stop();
     await sql.end();

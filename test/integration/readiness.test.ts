@@ -55,6 +55,7 @@ describe('readiness', () => {
     const { proxy, url } = await viaFaultProxy();
     const g = await start({ REINIT_GUARD_UPSTREAM: standin.url, REINIT_GUARD_PG_URL: url });
     await waitFor(async () => (await readyz(g)).body.dependencies.database?.up === true, 5000, 'the database probe');
+    await waitFor(() => g.logs.entries().some((e) => e.msg === 'verdict cache warmed'), 5000, 'the cache warm-up');
     await proxy.setMode('refuse');
     await waitFor(async () => (await readyz(g)).body.dependencies.database?.up === false, 5000, 'the database to be seen down');
     const { status, body } = await readyz(g);
@@ -63,8 +64,11 @@ describe('readiness', () => {
     expect(body.dependencies.database?.detail).toBeTruthy();
     expect(await g.metric('coder_reinit_guard_dependency_up', { dependency: 'database' })).toBe(0);
     expect(await g.metric('coder_reinit_guard_dependency_up', { dependency: 'coderd' })).toBe(1);
-    // The guard fails open: the agent still gets coderd's answer.
-    expect(receivedClaim(await connectReinit(g.url, seeded.token), seeded.workspaceId)).toBe(true);
+    // A workspace the warm-up saw is still judged from the cache; one it has not seen fails
+    // open: the agent gets coderd's answer.
+    expect((await connectReinit(g.url, seeded.token)).status).toBe(409);
+    const unseen = await seedScenario(db.sql, 'long_claimed', seeded.ownerId);
+    expect(receivedClaim(await connectReinit(g.url, unseen.token), unseen.workspaceId)).toBe(true);
     expect(g.logs.entries().filter((e) => e.msg === 'dependency down' && e.dependency === 'database')).toHaveLength(1);
 
     await proxy.setMode('pass');

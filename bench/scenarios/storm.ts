@@ -1,0 +1,216 @@
+import { execFileSync } from 'node:child_process';
+import postgres from 'postgres';
+import { connectReinit, receivedClaim, type ReinitResult } from '../../testkit/agent-client.js';
+import { createUser, seedBulk, type BulkKind } from '../../testkit/fixtures.js';
+import type { EmbeddedPg } from '../../testkit/pg.js';
+import { startContender } from '../lib/contenders.js';
+import { freePort, startNode, type Proc } from '../lib/procs.js';
+import { percentile, promSum, round } from '../lib/stats.js';
+
+/**
+ * The reconnect storm (issue 18): every agent of a fleet reconnects at once, as after a
+ * coderd restart. Against the unpatched coderd stand-in (its own process, on an embedded
+ * PostgreSQL), in one run:
+ *
+ * - `direct`: the same storm straight to the stand-in (the baseline);
+ * - `cold`: a fresh guard at its default configuration but with the cache warm-up off, so
+ *   every workspace is looked up (the worst case);
+ * - `again`: the same guard, the same storm at once (every verdict cached);
+ * - `warm`: a fresh guard at its default configuration, once its warm-up has run;
+ * - `mixed`: a fresh default guard, 80 % long-claimed, 10 % claim build latest, 10 % held.
+ *
+ * Sampled during each guard storm: the guard's RSS (all its processes), its PostgreSQL
+ * connections (pg_stat_activity), its client and upstream connections (ss), and the
+ * kernel's listen-queue overflows (nstat).
+ */
+export interface StormRow {
+  storm: string;
+  agents: number;
+  seconds: number;
+  statuses: Record<string, number>;
+  /** Agents that did not get what the patched coderd gives them. */
+  wrong: number;
+  failedOpen: number;
+  errors: number;
+  /** Decision statements (latest_builds) the guard sent during this storm. */
+  statements: number;
+  p50Ms: number;
+  p99Ms: number;
+  maxMs: number;
+  maxDbConnections?: number;
+  maxRssMiB?: number;
+  /** Highest (upstream connections - client connections) seen; never above 0 is the bar. */
+  maxUpstreamOverClients?: number;
+  maxClientConnections?: number;
+  /** Deepest accept queue seen on the guard's listener and on the stand-in's (ss Recv-Q). */
+  maxGuardAcceptQueue?: number;
+  maxStandinAcceptQueue?: number;
+  /** TcpExtListenOverflows during the storm, machine-wide (any listener). */
+  listenOverflows?: number;
+}
+
+type Agent = { token: string; workspaceId: string; kind: BulkKind };
+
+const ss = (): string[] => {
+  try {
+    return execFileSync('ss', ['-Htn', 'state', 'established'], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 }).split('\n');
+  } catch {
+    return [];
+  }
+};
+const listeners = (): string[] => {
+  try {
+    return execFileSync('ss', ['-Hltn'], { encoding: 'utf8' }).split('\n');
+  } catch {
+    return [];
+  }
+};
+const port = (addr: string | undefined) => Number(addr?.slice(addr.lastIndexOf(':') + 1));
+
+const overflows = (): number => {
+  try {
+    const out = execFileSync('nstat', ['-az', 'TcpExtListenOverflows'], { encoding: 'utf8' });
+    return Number(/TcpExtListenOverflows\s+(\d+)/.exec(out)?.[1] ?? NaN);
+  } catch {
+    return NaN;
+  }
+};
+
+/** What the patched coderd gives each kind of agent. */
+function right(kind: BulkKind, r: ReinitResult | null, workspaceId: string): boolean {
+  if (!r) return false;
+  if (kind === 'long_claimed') return r.status === 409;
+  if (kind === 'just_claimed') return receivedClaim(r, workspaceId);
+  // Held: the patched coderd waits on pubsub; nothing but pings until the claim comes.
+  return r.status === 200 && !r.body.toString().includes('prebuild_claimed');
+}
+
+async function runStorm(name: string, url: string, agents: Agent[], watch: { guard?: Proc & { adminUrl?: string }; guardPort?: number; standinPort: number; pgUrl: string }): Promise<StormRow> {
+  const metrics = async () => (watch.guard?.adminUrl ? (await fetch(`${watch.guard.adminUrl}/metrics`)).text() : '');
+  const before = await metrics();
+  const ovBefore = overflows();
+  let sampling = true;
+  const samples = { db: 0, rss: 0, over: -Infinity, clients: 0, guardQueue: 0, standinQueue: 0 };
+  const acceptQueues = (async () => {
+    // The accept queues, every 10 ms: where an agent waits before any process sees it.
+    while (sampling) {
+      for (const line of listeners()) {
+        const cols = line.trim().split(/\s+/);
+        // LISTEN, Recv-Q (connections waiting for accept), Send-Q (the backlog), address.
+        const p = port(cols[3]);
+        if (p === watch.guardPort) samples.guardQueue = Math.max(samples.guardQueue, Number(cols[1]));
+        if (p === watch.standinPort) samples.standinQueue = Math.max(samples.standinQueue, Number(cols[1]));
+      }
+      await new Promise((res) => setTimeout(res, 10));
+    }
+  })();
+  const sampler = (async () => {
+    if (!watch.guard) return;
+    const s = postgres(watch.pgUrl, { max: 1, onnotice: () => {} });
+    let tick = 0;
+    while (sampling) {
+      const [r] = await s<{ n: number }[]>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'coder-reinit-guard'`;
+      samples.db = Math.max(samples.db, r!.n);
+      samples.rss = Math.max(samples.rss, watch.guard.rss());
+      if (tick++ % 10 === 0) {
+        let clients = 0;
+        let upstream = 0;
+        for (const line of ss()) {
+          const cols = line.trim().split(/\s+/);
+          if (port(cols[2]) === watch.guardPort) clients++;
+          if (port(cols[3]) === watch.standinPort) upstream++;
+        }
+        samples.clients = Math.max(samples.clients, clients);
+        samples.over = Math.max(samples.over, upstream - clients);
+      }
+      await new Promise((res) => setTimeout(res, 20));
+    }
+    await s.end();
+  })();
+  const started = performance.now();
+  const results = await Promise.all(
+    agents.map((a) =>
+      connectReinit(url, a.token, a.kind === 'held' ? { until: () => false, timeoutMs: 3_000, allowTimeout: true } : { timeoutMs: 120_000 }).catch(() => null),
+    ),
+  );
+  const seconds = round((performance.now() - started) / 1000, 2);
+  sampling = false;
+  await sampler;
+  await acceptQueues;
+  const after = await metrics();
+  const statuses: Record<string, number> = {};
+  for (const r of results) statuses[r ? r.status : 'error'] = (statuses[r ? r.status : 'error'] ?? 0) + 1;
+  const answered = results.filter((r, i): r is ReinitResult => r !== null && agents[i]!.kind !== 'held').map((r) => r.totalMs);
+  const diff = (metric: string, labels: Record<string, string> = {}) => promSum(after, metric, labels) - promSum(before, metric, labels);
+  const row: StormRow = {
+    storm: name,
+    agents: agents.length,
+    seconds,
+    statuses,
+    wrong: results.filter((r, i) => !right(agents[i]!.kind, r, agents[i]!.workspaceId)).length,
+    failedOpen: watch.guard ? diff('coder_reinit_guard_reinit_requests_total', { outcome: 'failed_open' }) : 0,
+    errors: results.filter((r) => r === null || r.stopped === 'error').length,
+    statements: watch.guard ? diff('coder_reinit_guard_db_statements_total', { statement: 'latest_builds' }) : 0,
+    p50Ms: round(percentile(answered, 50), 1),
+    p99Ms: round(percentile(answered, 99), 1),
+    maxMs: round(Math.max(...answered), 1),
+  };
+  if (watch.guard) {
+    Object.assign(row, {
+      maxDbConnections: samples.db,
+      maxRssMiB: round(samples.rss / 2 ** 20, 1),
+      maxUpstreamOverClients: samples.over,
+      maxClientConnections: samples.clients,
+    });
+  }
+  row.maxStandinAcceptQueue = samples.standinQueue;
+  if (watch.guard) row.maxGuardAcceptQueue = samples.guardQueue;
+  row.listenOverflows = overflows() - ovBefore;
+  process.stderr.write(`  storm ${name}: ${JSON.stringify(row)}\n`);
+  return row;
+}
+
+/** Runs the storms of issue 18; `agents` long-claimed workspaces, one agent each. */
+export async function runStorms(pg: EmbeddedPg, opts: { agents: number; workers?: string }): Promise<{ rows: StormRow[]; poolSize: number }> {
+  const url = await pg.createDatabase(`storm_${Date.now()}`);
+  const sql = postgres(url, { max: 2, onnotice: () => {} });
+  const user = await createUser(sql, 'storm');
+  const tag = (kind: BulkKind) => (list: Array<{ token: string; workspaceId: string }>) => list.map((a) => ({ ...a, kind }));
+  const long = tag('long_claimed')(await seedBulk(sql, user, opts.agents, 'long_claimed'));
+  // The mixed storm: 80 % long-claimed (a slice of the above), 10 % claim latest, 10 % held.
+  const tenth = Math.round(opts.agents / 10);
+  const mixed = [...long.slice(0, opts.agents - 2 * tenth), ...tag('just_claimed')(await seedBulk(sql, user, tenth, 'just_claimed')), ...tag('held')(await seedBulk(sql, user, tenth, 'held'))];
+  await sql`ANALYZE`;
+  const standinPort = await freePort();
+  const standin = await startNode('standin', 'bench/standin-process.ts', standinPort, { PG_URL: url });
+  const upstream = `http://127.0.0.1:${standinPort}`;
+  // The default configuration: only the database URL (and the worker count if asked).
+  const env: Record<string, string> = { REINIT_GUARD_PG_URL: url, ...(opts.workers ? { REINIT_GUARD_WORKERS: opts.workers } : {}) };
+  const rows: StormRow[] = [];
+  const guardStorm = async (names: string[], agents: Agent[], extra: Record<string, string>, ready?: (g: { adminUrl: string }) => Promise<void>) => {
+    const g = await startContender('guard', upstream, { ...env, ...extra });
+    const proc = g.proc as Proc & { adminUrl: string };
+    try {
+      await ready?.(proc);
+      for (const n of names) rows.push(await runStorm(n, g.url, agents, { guard: proc, guardPort: port(g.url), standinPort, pgUrl: url }));
+    } finally {
+      await g.proc?.stop();
+    }
+  };
+  try {
+    rows.push(await runStorm('direct (stand-in alone)', upstream, long, { standinPort, pgUrl: url }));
+    await guardStorm(['cold (warm-up off)', 'again at once'], long, { REINIT_GUARD_CACHE_WARM_INTERVAL: '0' });
+    await guardStorm(['warm (default)'], long, {}, async (g) => {
+      const deadline = Date.now() + 60_000;
+      while (promSum(await (await fetch(`${g.adminUrl}/metrics`)).text(), 'coder_reinit_guard_verdict_cache_warmed_workspaces') < opts.agents) {
+        if (Date.now() > deadline) throw new Error('the warm-up did not finish within 60 s');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    });
+    await guardStorm(['mixed (default, cold)'], mixed, { REINIT_GUARD_CACHE_WARM_INTERVAL: '0' });
+    return { rows, poolSize: 4 };
+  } finally {
+    await standin.stop();
+    await sql.end();
+  }
+}
