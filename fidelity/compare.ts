@@ -105,6 +105,22 @@ export const BUG_ROWS = [
   'agent loop against a long-claimed workspace / the agent loop over the window',
 ];
 
+/**
+ * Checks with no oracle row that must be present: a missing one fails the run as a failing
+ * one does. The first number in the name counts agents; it must reach `minAgents` (the
+ * acceptance point: at least 200 agents) unless the run was shrunk on purpose with
+ * FIDELITY_STORM_WORKSPACES (a development run).
+ */
+export const REQUIRED_CHECKS: { side: Results['side']; name: RegExp; minAgents: number }[] = [
+  { side: 'unpatched', name: /^reconnect storm: (\d+) agents on \d+ workspaces after a guard restart$/, minAgents: 200 },
+  { side: 'unpatched', name: /^coderd restart \(guard column\): a new coderd on the same database and address while (\d+) agents run their loops$/, minAgents: 200 },
+  { side: 'unpatched', name: /^coderd restart through the guard: (\d+) long-claimed agents on \d+ workspaces, every loop ended by a 409, 0 reinits$/, minAgents: 200 },
+  { side: 'unpatched', name: /^coderd restart through the guard: (\d+) agents on \d+ workspaces whose claim build is the latest, each claim delivered once$/, minAgents: 2 },
+  { side: 'unpatched', name: /^coderd restart \(unpatched column\): a new coderd on the same database and address while (\d+) agents run their loops$/, minAgents: 200 },
+  { side: 'unpatched', name: /^coderd restart straight to the unpatched coderd: (\d+) long-claimed agents on \d+ workspaces, spurious reinits \(the bug\)$/, minAgents: 200 },
+  { side: 'unpatched', name: /^coderd restart straight to the unpatched coderd: (\d+) agents on \d+ workspaces whose claim build is the latest, each claim delivered once$/, minAgents: 2 },
+];
+
 const PREBUILDS_USER = 'c42fdf75-3097-471c-8c33-fb52454d81c0';
 
 function normalizer(o: Observation): (s: string) => string {
@@ -196,7 +212,7 @@ export interface Report {
   markdown: string;
 }
 
-export function compare(all: Results[]): Report {
+export function compare(all: Results[], opts: { shrunk?: boolean } = { shrunk: process.env.FIDELITY_STORM_WORKSPACES !== undefined }): Report {
   const rows = new Map<string, Map<string, Observation>>();
   for (const r of all) {
     for (const o of r.observations) {
@@ -254,6 +270,22 @@ export function compare(all: Results[]): Report {
       }
       lines.push(`  [${c.ok ? 'ok' : 'FAIL'}] ${r.side}: ${c.name}: ${c.detail}`);
       md.push(`| ${c.name} | ${r.side} | ${c.ok ? 'yes' : '**no**'} | ${c.detail.replaceAll('|', '\\|')} |`);
+    }
+  }
+  for (const req of REQUIRED_CHECKS) {
+    const found = all.find((r) => r.side === req.side)?.checks.filter((c) => req.name.test(c.name)) ?? [];
+    let why = '';
+    if (found.length !== 1) {
+      why = found.length === 0 ? 'missing' : `present ${found.length} times`;
+    } else {
+      const agents = Number(req.name.exec(found[0]!.name)?.[1]);
+      if (!opts.shrunk && !(agents >= req.minAgents)) why = `${agents} agents, fewer than ${req.minAgents}`;
+    }
+    if (why) {
+      ok = false;
+      problems.push(`${req.side}: required check ${why}: ${req.name.source}`);
+      lines.push(`  [FAIL] ${req.side}: required check ${why}: ${req.name.source}`);
+      md.push(`| ${req.name.source.replaceAll('|', '\\|')} | ${req.side} | **no** | required check ${why} |`);
     }
   }
   lines.push('', 'Seconds:');

@@ -242,17 +242,17 @@ func (d *deployment) finishHoldClaim(ctx context.Context, t *testing.T, tpl temp
 		if err != nil {
 			return err
 		}
-		b := wsbuilder.New(w, database.WorkspaceTransitionStart, *d.env.api.AGPL.BuildUsageChecker.Load()).
+		b := wsbuilder.New(w, database.WorkspaceTransitionStart, *d.env.API().AGPL.BuildUsageChecker.Load()).
 			Reason(database.BuildReasonInitiator).
 			Initiator(d.memberID).
 			VersionID(tpl.version).
 			TemplateVersionPresetID(preset).
 			MarkPrebuiltWorkspaceClaim()
-		build, job, _, err = b.Build(ctx, tx, d.env.api.AGPL.FileCache, func(policy.Action, rbac.Objecter) bool { return true }, audit.WorkspaceBuildBaggage{})
+		build, job, _, err = b.Build(ctx, tx, d.env.API().AGPL.FileCache, func(policy.Action, rbac.Objecter) bool { return true }, audit.WorkspaceBuildBaggage{})
 		return err
 	}, nil)
 	require.NoError(t, err)
-	require.NoError(t, provisionerjobs.PostJob(d.env.api.AGPL.Pubsub, *job))
+	require.NoError(t, provisionerjobs.PostJob(d.env.API().AGPL.Pubsub, *job))
 	return build.ID
 }
 

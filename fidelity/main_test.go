@@ -28,9 +28,27 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// testFlags is the command-line flag set hideTestFlags replaced.
+var testFlags *flag.FlagSet
+
 // hideTestFlags makes flag.Lookup("test.v") nil, as in a production coderd binary.
 func hideTestFlags() {
+	if testFlags == nil {
+		testFlags = flag.CommandLine
+	}
 	fs := flag.NewFlagSet(os.Args[0], flag.ContinueOnError)
 	_ = fs.Parse(nil)
 	flag.CommandLine = fs
+}
+
+// withTestFlags runs f with the test flags visible again: coderdtest.NewOptions panics
+// without them (workspacestats.TrackerWithTickFlush is test-only). A coderd restart calls
+// it while no coderd API runs in this process (the old one is closed, the new one is
+// constructed after the flags are hidden again).
+func withTestFlags(f func()) {
+	if testFlags != nil {
+		flag.CommandLine = testFlags
+	}
+	defer hideTestFlags()
+	f()
 }

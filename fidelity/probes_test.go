@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -259,17 +260,49 @@ func sdkWaitUntil(ctx context.Context, base, token string, window time.Duration,
 	return res
 }
 
-// countingTransport counts the requests an SDK client sends to /reinit.
+// countingTransport counts the requests an SDK client sends to /reinit and records how
+// each was answered.
 type countingTransport struct {
-	next   http.RoundTripper
-	reinit atomic.Int64
+	next     http.RoundTripper
+	reinit   atomic.Int64
+	mu       sync.Mutex
+	attempts []attempt
+}
+
+// attempt is one /reinit request of an agent's loop and its answer.
+type attempt struct {
+	at time.Time
+	// status is 0 when no HTTP answer came (err says why).
+	status int
+	err    string
+	// guard: the answer's X-Coder-Reinit-Guard header (set on the guard's own 409).
+	guard string
+}
+
+// answer names an attempt's answer for the results ("409", "502", "error").
+func (a attempt) answer() string {
+	if a.status == 0 {
+		return "error"
+	}
+	return strconv.Itoa(a.status)
 }
 
 func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	if strings.HasSuffix(r.URL.Path, "/reinit") {
-		c.reinit.Add(1)
+	if !strings.HasSuffix(r.URL.Path, "/reinit") {
+		return c.next.RoundTrip(r)
 	}
-	return c.next.RoundTrip(r)
+	c.reinit.Add(1)
+	resp, err := c.next.RoundTrip(r)
+	a := attempt{at: time.Now()}
+	if err != nil {
+		a.err = err.Error()
+	} else {
+		a.status, a.guard = resp.StatusCode, resp.Header.Get("X-Coder-Reinit-Guard")
+	}
+	c.mu.Lock()
+	c.attempts = append(c.attempts, a)
+	c.mu.Unlock()
+	return resp, err
 }
 
 // loopResult is what a real agent's reinit loop did for a while: the agent's code path
@@ -287,6 +320,12 @@ type loopResult struct {
 	FirstEventMs int64                           `json:"first_event_ms"`
 	FirstEvent   *agentsdk.ReinitializationEvent `json:"first_event,omitempty"`
 	Seconds      float64                         `json:"seconds"`
+	// Answers: how the loop's /reinit requests were answered, by status ("error": none).
+	Answers map[string]int `json:"answers,omitempty"`
+
+	// attempts and firstEventAt: the same on the clock, for the coderd restart.
+	attempts     []attempt
+	firstEventAt time.Time
 }
 
 // agentLoop runs agentsdk.WaitForReinitLoop and consumes it as the 2.34/2.35 agent
@@ -326,7 +365,8 @@ func agentLoop(ctx context.Context, base, token string, duration time.Duration, 
 				events = nil
 			default:
 				if res.FirstEventMs < 0 {
-					res.FirstEventMs = time.Since(start).Milliseconds()
+					res.firstEventAt = time.Now()
+					res.FirstEventMs = res.firstEventAt.Sub(start).Milliseconds()
 					e := ev
 					res.FirstEvent = &e
 				}
@@ -345,6 +385,13 @@ func agentLoop(ctx context.Context, base, token string, duration time.Duration, 
 	cancel()
 	res.Requests = ct.reinit.Load()
 	res.Seconds = time.Since(start).Seconds()
+	ct.mu.Lock()
+	res.attempts = append([]attempt(nil), ct.attempts...)
+	ct.mu.Unlock()
+	res.Answers = map[string]int{}
+	for _, a := range res.attempts {
+		res.Answers[a.answer()]++
+	}
 	return res
 }
 

@@ -196,7 +196,9 @@ func readSpec(dir string) (templateSpec, error) {
 
 // startProvisionerDaemons starts n in-memory provisioner daemons on coderd, as
 // coderdtest.NewTaggedProvisionerDaemon does, each serving the kube-like provisioner
-// under the "echo" provisioner type (the type coder's own tests register).
+// under the "echo" provisioner type (the type coder's own tests register). They dial
+// whichever coderd runs (dialProvisioner), so they outlive a coderd restart as external
+// daemons do.
 func startProvisionerDaemons(t *testing.T, env *coderdEnv, g *gates, n int) {
 	for i := 0; i < n; i++ {
 		workDir := t.TempDir()
@@ -213,7 +215,7 @@ func startProvisionerDaemons(t *testing.T, env *coderdEnv, g *gates, n int) {
 		connected := make(chan struct{})
 		name := "fidelity-" + string(rune('a'+i))
 		daemon := provisionerd.New(func(dialCtx context.Context) (provisionerdproto.DRPCProvisionerDaemonClient, error) {
-			return env.api.AGPL.CreateInMemoryTaggedProvisionerDaemon(dialCtx, name, []codersdk.ProvisionerType{codersdk.ProvisionerTypeEcho}, nil)
+			return env.dialProvisioner(dialCtx, name)
 		}, &provisionerd.Options{
 			Logger:              env.log.Named("provisionerd"),
 			UpdateInterval:      250 * time.Millisecond,

@@ -6,21 +6,22 @@
 # and copies what the tests install beside our chart into .cache/manifests/ (tools/manifests):
 # the CRDs our optional objects need and coder's own Helm chart.
 #
-# Everything comes from the Go module proxy, verified against each module's go.sum; caches
-# live in the git-ignored .cache/go/. Idempotent: a binary whose module files, flags and Go
+# Everything comes from the Go module proxy, verified against each module's go.sum. Go's own
+# caches are Go's user-level defaults (GOMODCACHE, GOCACHE: `go env` tells where; an explicit
+# setting is honoured), so a fresh clone on a machine that built once before is warm and only
+# links. Idempotent: a binary whose module files, flags and Go
 # version have not changed is not rebuilt. Prints how long each step took.
 #
 # Usage: tools/build.sh [manifests|helm3|helm4|etcd|kube-apiserver]...   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-# TOOLS_CACHE moves every cache and output (e.g. to time a cold build); default .cache/.
+# TOOLS_CACHE moves the outputs (binaries, manifests); default .cache/. To time a cold build,
+# point GOCACHE and GOMODCACHE at empty directories as well.
 CACHE="${TOOLS_CACHE:-$ROOT/.cache}"
 BIN="$CACHE/bin"
 mkdir -p "$BIN"
 
-export GOMODCACHE="$CACHE/go/mod"
-export GOCACHE="$CACHE/go/build"
 # Never rewrite go.mod/go.sum while building, never fetch another Go toolchain; -modcacherw
 # keeps the module cache deletable with rm -rf. Every module hash is pinned in go.sum, so
 # builds need no checksum database at all (it is only consulted when go.sum changes).
