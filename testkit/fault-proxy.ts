@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 
@@ -14,7 +15,12 @@ export interface FaultProxy {
   /** Connections accepted so far, and open now. */
   accepted: number;
   open: number;
-  /** Highest number of connections open at once. */
+  /**
+   * Highest number of connections open at once, as the kernel counts them: sampled every few
+   * milliseconds from /proc/net/tcp (ESTABLISHED on the proxy's port). The proxy's own count
+   * lags on a busy machine (a new connection can be accepted before the close of the one the
+   * client already dropped is read) and overstated the pool; the kernel's state does not lag.
+   */
   maxOpen: number;
   setMode(mode: FaultMode, opts?: { delayMs?: number }): Promise<void>;
   close(): Promise<void>;
@@ -25,12 +31,11 @@ export async function startFaultProxy(target: { host: string; port: number }): P
   let delayMs = 0;
   const sockets = new Set<net.Socket>();
   const clients = new Set<net.Socket>();
-  const state = { accepted: 0, maxOpen: 0 };
+  const state = { accepted: 0 };
   const server = net.createServer((client) => {
     state.accepted++;
     sockets.add(client);
     clients.add(client);
-    state.maxOpen = Math.max(state.maxOpen, clients.size);
     client.on('error', () => {});
     client.once('close', () => {
       sockets.delete(client);
@@ -56,6 +61,9 @@ export async function startFaultProxy(target: { host: string; port: number }): P
   const listen = (port = 0) => new Promise<void>((r) => server.listen(port, '127.0.0.1', () => r()));
   await listen();
   const port = (server.address() as AddressInfo).port;
+  let kernelMax = 0;
+  const sampler = setInterval(() => (kernelMax = Math.max(kernelMax, establishedOn(port))), 2);
+  sampler.unref();
   const dropAll = () => {
     for (const s of sockets) s.destroy();
   };
@@ -68,7 +76,7 @@ export async function startFaultProxy(target: { host: string; port: number }): P
       return clients.size;
     },
     get maxOpen() {
-      return state.maxOpen;
+      return Math.max(kernelMax, establishedOn(port));
     },
     async setMode(next, opts = {}) {
       delayMs = opts.delayMs ?? 0;
@@ -81,8 +89,21 @@ export async function startFaultProxy(target: { host: string; port: number }): P
       mode = next;
     },
     async close() {
+      clearInterval(sampler);
       dropAll();
       if (mode !== 'refuse') await new Promise<void>((r) => server.close(() => r()));
     },
   };
+}
+
+/** Connections ESTABLISHED on a local IPv4 port, from /proc/net/tcp (Linux). */
+function establishedOn(port: number): number {
+  const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  let n = 0;
+  for (const line of readFileSync('/proc/net/tcp', 'utf8').split('\n')) {
+    // sl local_address rem_address st ...: state 01 is ESTABLISHED.
+    const cols = line.trim().split(/\s+/);
+    if (cols[1]?.endsWith(hex) && cols[3] === '01') n++;
+  }
+  return n;
 }

@@ -50,6 +50,16 @@ const viaProxy = async (): Promise<{ proxy: FaultProxy; guard: TestGuard }> => {
 /** A storm of agents; each answer with the time it took past coderd's own answer. */
 const storm = (g: TestGuard, list: typeof agents) => Promise.all(list.map((a) => connectReinit(g.url, a.token, { timeoutMs: 10_000 })));
 
+/** Every decision the guard timed so far ended within `le` seconds (a histogram bucket). */
+async function expectDecisionsWithin(guard: TestGuard, le: string): Promise<void> {
+  const [histogram] = (await guard.guard.metrics.registry.getMetricsAsJSON()).filter((m) => m.name === 'coder_reinit_guard_decision_seconds');
+  const values = (histogram as unknown as { values: Array<{ metricName?: string; value: number; labels: Record<string, string | number> }> }).values;
+  const sum = (pick: (v: (typeof values)[number]) => boolean) => values.filter(pick).reduce((n, v) => n + v.value, 0);
+  const decisions = sum((v) => v.metricName === 'coder_reinit_guard_decision_seconds_count');
+  expect(decisions).toBeGreaterThan(0);
+  expect(sum((v) => v.metricName === 'coder_reinit_guard_decision_seconds_bucket' && String(v.labels.le) === le)).toBe(decisions);
+}
+
 describe('database faults', () => {
   it('stopped in the middle of a storm, then back: every agent answered, never past the deadline, decisions resume', async () => {
     const { proxy, guard } = await viaProxy();
@@ -57,16 +67,12 @@ describe('database faults', () => {
     await new Promise((r) => setTimeout(r, 15));
     await proxy.setMode('refuse'); // the database goes away mid-storm
     const during = await first;
-    expect(during.every((r) => r.status === 409 || r.status === 200)).toBe(true);
+    // 409 (decided before the cut) or coderd's event (failed open after it), nothing else.
+    expect(during.filter((r) => r.status !== 409 && r.status !== 200).map((r) => `${r.status} ${r.body.toString().slice(0, 200)}`)).toEqual([]);
     // The guard adds at most the decision deadline: by its own clock, every decision of the
     // storm ended within 1 s (the deadline is 300 ms; the bucket above it is 0.5 s, then 1 s).
     // Wall-clock time of 120 agents on two busy cores says more about the machine.
-    const [histogram] = (await guard.guard.metrics.registry.getMetricsAsJSON()).filter((m) => m.name === 'coder_reinit_guard_decision_seconds');
-    const values = (histogram as unknown as { values: Array<{ metricName?: string; value: number; labels: Record<string, string | number> }> }).values;
-    const sum = (pick: (v: (typeof values)[number]) => boolean) => values.filter(pick).reduce((n, v) => n + v.value, 0);
-    const decisions = sum((v) => v.metricName === 'coder_reinit_guard_decision_seconds_count');
-    expect(decisions).toBeGreaterThan(0);
-    expect(sum((v) => v.metricName === 'coder_reinit_guard_decision_seconds_bucket' && String(v.labels.le) === '1')).toBe(decisions);
+    await expectDecisionsWithin(guard, '1');
     const down = await storm(guard, agents.slice(120, 180));
     expect(down.every((r) => r.status === 200)).toBe(true); // failed open
     expect(await guard.metric('coder_reinit_guard_reinit_requests_total', { outcome: 'failed_open' })).toBeGreaterThan(0);
@@ -80,10 +86,10 @@ describe('database faults', () => {
   it('black-holed: fails open within the deadline and opens no more connections than the pool', async () => {
     const { proxy, guard } = await viaProxy();
     await proxy.setMode('blackhole');
-    const t = performance.now();
     const rs = await storm(guard, agents.slice(0, 60));
     expect(rs.every((r) => r.status === 200)).toBe(true);
-    expect(performance.now() - t).toBeLessThan(DEADLINE_MS + 1500);
+    // By the guard's own clock (wall-clock time on a busy machine measures the machine).
+    await expectDecisionsWithin(guard, '1');
     expect(proxy.maxOpen).toBeLessThanOrEqual(4);
   });
 
@@ -93,7 +99,7 @@ describe('database faults', () => {
     await proxy.setMode('slow', { delayMs: 1000 });
     const rs = await storm(guard, agents.slice(1, 61));
     expect(rs.every((r) => r.status === 200)).toBe(true);
-    expect(Math.max(...rs.map((r) => r.totalMs))).toBeLessThan(DEADLINE_MS + 1500);
+    await expectDecisionsWithin(guard, '1');
     expect(proxy.maxOpen).toBeLessThanOrEqual(4);
     expect(await guard.metric('coder_reinit_guard_db_errors_total', { kind: 'timeout' })).toBeGreaterThan(0);
   });
