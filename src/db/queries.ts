@@ -34,6 +34,17 @@ const NIL_UUID = '00000000-0000-0000-0000-000000000000';
  * one backward index probe per workspace (LATERAL ... ORDER BY build_number DESC LIMIT 1).
  */
 export function createQueries(sql: Sql): Queries {
+  /** The latest build `lb` and its job `pj` of the workspace `w.workspace_id`. */
+  const latestBuildOfW = sql`
+    CROSS JOIN LATERAL (
+      SELECT wb.build_number, wb.transition, wb.initiator_id, wb.job_id
+      FROM workspace_builds wb
+      WHERE wb.workspace_id = w.workspace_id
+      ORDER BY wb.build_number DESC
+      LIMIT 1
+    ) lb
+    JOIN provisioner_jobs pj ON pj.id = lb.job_id`;
+  const LATEST_COLUMNS = sql`lb.build_number, lb.transition::text AS transition, lb.initiator_id, pj.input`;
   return {
     async latestBuilds(workspaceIds) {
       const out = new Map<string, LatestBuild>();
@@ -41,37 +52,23 @@ export function createQueries(sql: Sql): Queries {
       // The ids travel as one text literal of a uuid[]: postgres.js needs no array type
       // lookup (fetch_types is off) and the statement stays one prepared shape.
       const rows = await sql<WorkspaceLatestBuild[]>`
-        SELECT w.id AS workspace_id, lb.build_number, lb.transition::text AS transition, lb.initiator_id, pj.input
-        FROM unnest(${`{${workspaceIds.join(',')}}`}::uuid[]) AS w(id)
-        CROSS JOIN LATERAL (
-          SELECT wb.build_number, wb.transition, wb.initiator_id, wb.job_id
-          FROM workspace_builds wb
-          WHERE wb.workspace_id = w.id
-          ORDER BY wb.build_number DESC
-          LIMIT 1
-        ) lb
-        JOIN provisioner_jobs pj ON pj.id = lb.job_id`;
+        SELECT w.workspace_id, ${LATEST_COLUMNS}
+        FROM unnest(${`{${workspaceIds.join(',')}}`}::uuid[]) AS w(workspace_id)
+        ${latestBuildOfW}`;
       for (const { workspace_id, ...latest } of rows) out.set(workspace_id, latest);
       return out;
     },
     async claimedPrebuildsPage(after, limit) {
       return sql<WorkspaceLatestBuild[]>`
-        SELECT f.workspace_id, lb.build_number, lb.transition::text AS transition, lb.initiator_id, pj.input
-        FROM workspace_builds f
-        CROSS JOIN LATERAL (
-          SELECT wb.build_number, wb.transition, wb.initiator_id, wb.job_id
-          FROM workspace_builds wb
-          WHERE wb.workspace_id = f.workspace_id
-          ORDER BY wb.build_number DESC
-          LIMIT 1
-        ) lb
-        JOIN provisioner_jobs pj ON pj.id = lb.job_id
-        WHERE f.build_number = 1
-          AND f.initiator_id = ${PREBUILDS_USER_ID}::uuid
-          AND f.workspace_id > ${after ?? NIL_UUID}::uuid
+        SELECT w.workspace_id, ${LATEST_COLUMNS}
+        FROM workspace_builds w
+        ${latestBuildOfW}
+        WHERE w.build_number = 1
+          AND w.initiator_id = ${PREBUILDS_USER_ID}::uuid
+          AND w.workspace_id > ${after ?? NIL_UUID}::uuid
           AND lb.build_number > 1
           AND lb.initiator_id <> ${PREBUILDS_USER_ID}::uuid
-        ORDER BY f.workspace_id
+        ORDER BY w.workspace_id
         LIMIT ${limit}`;
     },
     async ping() {
