@@ -2,6 +2,7 @@ package fidelity
 
 import (
 	"context"
+	"crypto/tls"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -61,6 +62,14 @@ type coderdEnv struct {
 	log   slog.Logger
 	// t owns every coderd's cleanups (the top-level test).
 	t *testing.T
+	// ticker drives coderd's autobuild executor (lifecycle_executor.go): each value sent is
+	// one tick at that time. Every coderd of this environment reads it.
+	ticker chan time.Time
+	// tlsURL: coderd served over TLS as well (https://127.0.0.1:port, the certificate of
+	// testkit/tls, which caFile trusts), for the guard's https upstream; the first coderd
+	// only (a restart does not listen there again).
+	tlsURL *url.URL
+	caFile string
 }
 
 // API is the coderd now running (a restart replaces it).
@@ -132,9 +141,11 @@ func startCoderd(t *testing.T, serverURL, logDir string) *coderdEnv {
 	env := &coderdEnv{
 		version: version, url: mustURL("http://" + ln.Addr().String()),
 		db: database.New(sqlDB), sqlDB: sqlDB, dbURL: dbURL, log: log, t: t,
+		ticker: make(chan time.Time),
 	}
 	p := env.boot(sqlDB, false)
 	p.serve(ln)
+	env.serveTLS(t, p)
 	env.proc.Store(p)
 	t.Cleanup(func() { env.proc.Load().stop() })
 	t.Logf("coderd %s (buildinfo %s) listening on %s", version, buildinfo.Version(), env.url)
@@ -198,10 +209,11 @@ func (e *coderdEnv) boot(sqlDB *sql.DB, ownsDB bool) *coderdProcess {
 	require.NoError(t, err)
 	log := e.log
 	opts := &coderdtest.Options{
-		Database:  database.New(sqlDB),
-		Pubsub:    ps,
-		Logger:    &log,
-		AccessURL: e.url,
+		Database:        database.New(sqlDB),
+		Pubsub:          ps,
+		Logger:          &log,
+		AccessURL:       e.url,
+		AutobuildTicker: e.ticker,
 		DeploymentValues: coderdtest.DeploymentValues(t, func(dv *codersdk.DeploymentValues) {
 			// The reconciler creates the prebuilds; once a second keeps setup short.
 			dv.Prebuilds.ReconciliationInterval = serpent.Duration(time.Second)
@@ -225,6 +237,32 @@ func (e *coderdEnv) boot(sqlDB *sql.DB, ownsDB bool) *coderdProcess {
 	return &coderdProcess{
 		api: api, sqlDB: sqlDB, ownsDB: ownsDB, ps: ps, setHandler: setHandler, cancel: cancel, cancelOptions: cancelOptions,
 		server: &http.Server{Handler: api.AGPL.RootHandler, BaseContext: func(net.Listener) context.Context { return ctx }},
+	}
+}
+
+// serveTLS serves the same coderd over TLS too, on a second fixed loopback port, with
+// testkit/tls's server certificate (for 127.0.0.1): the guard's https upstream. HTTP/1.1
+// only, as coderd behind a TLS terminator speaks to a proxy.
+func (e *coderdEnv) serveTLS(t *testing.T, p *coderdProcess) {
+	dir := filepath.Join(os.Getenv("FIDELITY_REPO"), "testkit", "tls")
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"))
+	require.NoError(t, err, "testkit/tls")
+	ln := listenFixed(t)
+	tl := tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}, MinVersion: tls.VersionTLS12})
+	e.tlsURL = mustURL("https://" + ln.Addr().String())
+	e.caFile = filepath.Join(dir, "ca.pem")
+	go func() { _ = p.server.Serve(tl) }()
+}
+
+// tick sends one autobuild tick at `at` (blocking until the executor takes it).
+func (e *coderdEnv) tick(ctx context.Context, at time.Time) error {
+	select {
+	case e.ticker <- at:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(30 * time.Second):
+		return errors.New("the autobuild executor took no tick for 30 s")
 	}
 }
 

@@ -44,7 +44,24 @@ type observation struct {
 	Loop      *loopResult `json:"loop,omitempty"`
 	// GuardSaw: /reinit requests the guard counted (a guard of the observation's own).
 	GuardSaw *float64 `json:"guard_saw,omitempty"`
+	// Marks: when things happened, in ms from the start of the observation's requests
+	// (claim_build_created_ms, claim_build_completed_ms, ...).
+	Marks map[string]int64 `json:"marks,omitempty"`
+	// Guard: what a guard of the observation's own said about it (metrics, log lines).
+	Guard *guardFacts `json:"guard,omitempty"`
 }
+
+// guardFacts: a guard's metrics (by "name{label=value,...}") and log lines, for the rows
+// that must show what the guard said (its log and metrics), not only what the agent saw.
+type guardFacts struct {
+	Metrics map[string]float64 `json:"metrics"`
+	Log     []string           `json:"log"`
+	// Errors: reads of the admin port that failed.
+	Errors []string `json:"errors,omitempty"`
+}
+
+// ms is t as milliseconds from start.
+func ms(start, t time.Time) int64 { return t.Sub(start).Milliseconds() }
 
 // check is a named fact beyond /reinit (pass-through, retirement, storm).
 type check struct {
@@ -99,19 +116,84 @@ type scenario struct {
 	name string
 	// preset: the scenario needs a prebuild of its own per column.
 	preset bool
-	run    func(ctx context.Context, t *testing.T, s *scenarioCtx) []observation
+	// template: the kind of template its prebuilds come from (templateKinds; "" is
+	// "prebuilt"); perColumn: one template of that kind per column (the scenario changes
+	// the template itself, e.g. promotes a new version).
+	template  string
+	perColumn bool
+	// behindPatched: the guard column is a guard in front of the PATCHED coderd (it runs on
+	// the patched side, beside the oracle); the unpatched side runs the unpatched column.
+	behindPatched bool
+	run           func(ctx context.Context, t *testing.T, s *scenarioCtx) []observation
+}
+
+// columns: the columns a scenario runs in on one side (the patched coderd's binary or the
+// unpatched one's).
+func (sc scenario) columns(side string) []string {
+	switch {
+	case side == "patched" && sc.behindPatched:
+		return []string{"patched", "guard"}
+	case side == "patched":
+		return []string{"patched"}
+	case sc.behindPatched:
+		return []string{"unpatched"}
+	}
+	return []string{"unpatched", "guard"}
+}
+
+// templateKey: the template the scenario's prebuilds come from in one column.
+func (sc scenario) templateKey(column string) string {
+	k := sc.template
+	if k == "" {
+		k = "prebuilt"
+	}
+	if sc.perColumn {
+		k += "@" + column
+	}
+	return k
 }
 
 type scenarioCtx struct {
 	d      *deployment
 	base   string
 	column string
+	side   string
 	tpl    template
 	plain  template
 	pool   *prebuildPool
 	loop   time.Duration
 	// loopGuard starts a guard of its own for the loop count (guard column only).
 	loopGuard func(t *testing.T) *guardProc
+	// roleURL: the guard's least-privilege database role; guardLog names a guard's log.
+	roleURL  string
+	guardLog func(name string) string
+}
+
+// ownGuard starts a guard of the scenario's own, configured by cfg (upstream: this side's
+// coderd; database: the least-privilege role; unless cfg says otherwise), in the guard
+// column; elsewhere it returns nil (the column talks to coderd straight).
+func (s *scenarioCtx) ownGuard(t *testing.T, name string, cfg guardConfig) *guardProc {
+	if s.column != "guard" {
+		return nil
+	}
+	if cfg.upstream == "" {
+		cfg.upstream = s.d.env.url.String()
+	}
+	if cfg.pgURL == "" {
+		cfg.pgURL = s.roleURL
+	}
+	cfg.logPath = s.guardLog(strings.NewReplacer(" ", "-", ":", "", "/", "-", ",", "").Replace(name))
+	return startGuard(t, cfg)
+}
+
+// at: the same context with the agent's requests sent to g (when not nil).
+func (s *scenarioCtx) at(g *guardProc) *scenarioCtx {
+	if g == nil {
+		return s
+	}
+	c := *s
+	c.base = g.url
+	return &c
 }
 
 func (s *scenarioCtx) obs(scenario, step string, ws uuid.UUID) observation {
@@ -163,26 +245,29 @@ var scenarios = []scenario{
 		return []observation{s.probe(ctx, "never a prebuild", "agent connects", ws.ID, agentToken(ws.ID.String(), agentName(0)), "wait=true")}
 	}},
 	{name: "claim arrives by pubsub", preset: true, run: func(ctx context.Context, t *testing.T, s *scenarioCtx) []observation {
-		preset, ws := s.pool.take(ctx, t, presetName("claim arrives by pubsub", s.column))
+		const sc = "claim arrives by pubsub"
+		preset, ws := s.pool.take(ctx, t, presetName(sc, s.column))
 		token := agentToken(ws.String(), agentName(0))
-		before, after := s.obs("claim arrives by pubsub", "unclaimed prebuild: agent waits", ws), s.obs("claim arrives by pubsub", "claimed meanwhile: the waiting stream", ws)
-		before.Latest = s.latest(ctx, ws)
+		// The unclaimed prebuild, asked as the agent asks: its own request, watched.
+		before := s.probe(ctx, sc, "unclaimed prebuild: agent waits", ws, token, "wait=true")
+		// Then a stream opened before the claim, and the claim while it waits.
+		after := s.obs(sc, "claimed meanwhile: the waiting stream", ws)
 		var raw rawResult
 		var wg sync.WaitGroup
 		wg.Add(1)
+		start := time.Now()
 		go func() {
 			defer wg.Done()
 			raw = rawReinit(ctx, s.base, token, "wait=true", waitWindow+eventWindow)
 		}()
-		var early sdkResult
 		r := sdkWaitUntil(ctx, s.base, token, eventWindow, func() {
 			time.Sleep(waitWindow)
-			early = sdkResult{Outcome: "wait"}
 			b := s.d.claim(ctx, t, s.tpl, preset, ws, wsName("claimed-", s.column))
-			awaitBuild(ctx, t, s.d.member, b.ID)
+			after.Marks = map[string]int64{"claim_build_created_ms": ms(start, time.Now())}
+			done := awaitBuild(ctx, t, s.d.member, b.ID)
+			after.Marks["claim_build_completed_ms"] = ms(start, *done.Job.CompletedAt)
 		})
 		wg.Wait()
-		before.SDK = &early
 		after.Latest = s.latest(ctx, ws)
 		after.SDK, after.Raw = &r, &raw
 		return []observation{before, after}
@@ -279,6 +364,7 @@ var scenarios = []scenario{
 		var loop loopResult
 		var wg sync.WaitGroup
 		wg.Add(2)
+		start := time.Now()
 		go func() {
 			defer wg.Done()
 			raw = rawReinit(ctx, s.base, token, "wait=true", waitWindow+eventWindow)
@@ -287,17 +373,21 @@ var scenarios = []scenario{
 			defer wg.Done()
 			loop = agentLoop(ctx, s.base, token, waitWindow+eventWindow, true, nil)
 		}()
+		marks := map[string]int64{}
 		stream = sdkWaitUntil(ctx, s.base, token, eventWindow, func() {
 			time.Sleep(waitWindow)
-			awaitBuild(ctx, t, s.d.member, s.d.finishHoldClaim(ctx, t, s.tpl, preset, ws))
+			id := s.d.finishHoldClaim(ctx, t, s.tpl, preset, ws)
+			marks["claim_build_created_ms"] = ms(start, time.Now())
+			b := awaitBuild(ctx, t, s.d.member, id)
+			marks["claim_build_completed_ms"] = ms(start, *b.Job.CompletedAt)
 		})
 		wg.Wait()
 		after := s.obs(sc, "stream opened before the claim build; claim build created and completed", ws)
 		after.Latest = s.latest(ctx, ws)
-		after.SDK, after.Raw = &stream, &raw
+		after.SDK, after.Raw, after.Marks = &stream, &raw, marks
 		loopObs := s.obs(sc, "the agent's reinit loop over the same time", ws)
 		loopObs.Latest = after.Latest
-		loopObs.Loop = &loop
+		loopObs.Loop, loopObs.Marks = &loop, marks
 		return []observation{first, after, loopObs}
 	}},
 	{name: "agent loop against a long-claimed workspace", preset: true, run: func(ctx context.Context, t *testing.T, s *scenarioCtx) []observation {
@@ -361,12 +451,8 @@ func TestFidelity(t *testing.T) {
 	env := startCoderd(t, pgServer, logDir)
 	res.CoderVersion, res.BuildInfo = env.version, buildinfo.Version()
 	res.Side = "unpatched"
-	columns := []string{"unpatched"}
 	if env.version != "v2.34.3" {
 		res.Side = "patched"
-		columns = []string{"patched"}
-	} else {
-		columns = append(columns, "guard")
 	}
 	res.time("coderd start (migrations included)", start)
 
@@ -390,43 +476,81 @@ func TestFidelity(t *testing.T) {
 	d.orgID = first.OrganizationID
 	d.admin = codersdk.New(env.url)
 	d.admin.SetSessionToken(login.SessionToken)
-	coderdenttest.AddLicense(t, d.admin, coderdenttest.LicenseOptions{Features: license.Features{codersdk.FeatureWorkspacePrebuilds: 1}})
+	// Prebuilds are a Premium feature; dormancy (time 'til dormant) needs advanced template
+	// scheduling; the claim in a second organization needs organizations and a provisioner
+	// daemon of that organization's own.
+	coderdenttest.AddLicense(t, d.admin, coderdenttest.LicenseOptions{Features: license.Features{
+		codersdk.FeatureWorkspacePrebuilds:         1,
+		codersdk.FeatureAdvancedTemplateScheduling: 1,
+		codersdk.FeatureMultipleOrganizations:      1,
+		codersdk.FeatureExternalProvisionerDaemons: 1,
+	}})
 	member, memberUser := coderdtest.CreateAnotherUser(t, d.admin, d.orgID)
 	d.member, d.memberID = member, memberUser.ID
 	compareDirect(ctx, t, res, env, mainGuard, login.SessionToken)
 	startProvisionerDaemons(t, env, d.gates, 4)
 
-	// Templates: one without presets, one with a preset per scenario and column.
-	spec := templateSpec{}
-	for _, sc := range scenarios {
+	// Templates: one without presets, and per template key one with a preset per scenario
+	// and column that takes its prebuilds from it.
+	all := allScenarios()
+	specs := map[string]*templateSpec{}
+	var keys []string
+	addPreset := func(key, name string) {
+		if specs[key] == nil {
+			kind := templateKinds[strings.Split(key, "@")[0]]
+			specs[key] = &templateSpec{Agents: kind.agents}
+			keys = append(keys, key)
+		}
+		specs[key].Presets = append(specs[key].Presets, presetSpec{Name: name, Instances: 1})
+	}
+	for _, sc := range all {
 		if sc.preset {
-			for _, c := range columns {
-				spec.Presets = append(spec.Presets, presetSpec{Name: presetName(sc.name, c), Instances: 1})
+			for _, c := range sc.columns(res.Side) {
+				addPreset(sc.templateKey(c), presetName(sc.name, c))
 			}
 		}
 	}
 	if res.Side == "unpatched" {
-		spec.Presets = append(spec.Presets, presetSpec{Name: presetName("agent RPC", "guard"), Instances: 1})
+		addPreset("prebuilt", presetName("agent RPC", "guard"))
 	}
 	plain := d.createTemplate(ctx, t, "plain", templateSpec{})
-	tpl := d.createTemplate(ctx, t, "prebuilt", spec)
+	templates := map[string]template{}
+	for _, key := range keys {
+		name := strings.NewReplacer("@", "-", ".", "", " ", "-").Replace(key)
+		kind := templateKinds[strings.Split(key, "@")[0]]
+		var adjust []func(*codersdk.CreateTemplateRequest)
+		if kind.request != nil {
+			adjust = append(adjust, kind.request)
+		}
+		org := d.orgID
+		if kind.secondOrg {
+			if d.org2 == uuid.Nil {
+				d.setupSecondOrg(ctx, t)
+			}
+			org = d.org2
+		}
+		templates[key] = d.createTemplateIn(ctx, t, org, name, *specs[key], adjust...)
+	}
 	res.time("setup (users, license, templates)", start)
 
-	pool := &prebuildPool{d: d, tpl: tpl, seen: map[string]bool{}}
+	pool := &prebuildPool{d: d, templates: templates, seen: map[string]bool{}}
 	start = time.Now()
 	var fleet restartFleet
 	t.Run("scenarios", func(t *testing.T) {
-		for _, col := range columns {
-			base := env.url.String()
-			var loopGuard func(t *testing.T) *guardProc
-			if col == "guard" {
-				base = mainGuard.url
-				loopGuard = func(t *testing.T) *guardProc {
-					return startGuard(t, guardConfig{upstream: env.url.String(), pgURL: roleURL, logPath: guardLog("loop")})
+		for _, sc := range all {
+			for _, col := range sc.columns(res.Side) {
+				base := env.url.String()
+				var loopGuard func(t *testing.T) *guardProc
+				if col == "guard" {
+					base = mainGuard.url
+					loopGuard = func(t *testing.T) *guardProc {
+						return startGuard(t, guardConfig{upstream: env.url.String(), pgURL: roleURL, logPath: guardLog("loop")})
+					}
 				}
-			}
-			sctx := &scenarioCtx{d: d, base: base, column: col, tpl: tpl, plain: plain, pool: pool, loop: loopFor, loopGuard: loopGuard}
-			for _, sc := range scenarios {
+				sctx := &scenarioCtx{
+					d: d, base: base, column: col, side: res.Side, tpl: templates[sc.templateKey(col)], plain: plain, pool: pool,
+					loop: loopFor, loopGuard: loopGuard, roleURL: roleURL, guardLog: guardLog,
+				}
 				t.Run(col+"/"+sc.name, func(t *testing.T) {
 					t.Parallel()
 					res.add(sc.run(ctx, t, sctx)...)
@@ -463,7 +587,7 @@ func TestFidelity(t *testing.T) {
 
 	// Observations arrive in completion order; write them in the scenarios' order.
 	order := map[string]int{}
-	for i, sc := range scenarios {
+	for i, sc := range all {
 		order[sc.name] = i
 	}
 	sort.SliceStable(res.Observations, func(i, j int) bool {
@@ -556,18 +680,25 @@ func retirement(ctx context.Context, t *testing.T, res *results, env *coderdEnv,
 	var bi codersdk.BuildInfoResponse
 	require.NoError(t, json.Unmarshal(body, &bi))
 	want := env.version != "v2.34.3"
+	// Watched for 3 s at least (a guard that retires late, or un-retires, is caught), at
+	// most 15 s; every read of /metrics and /readyz must succeed: an unreachable admin
+	// port proves nothing either way.
 	var retired float64
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		retired, err = g.metric(ctx, "coder_reinit_guard_retired", nil)
-		if err == nil && (retired == 1) == want && time.Since(deadline.Add(-15*time.Second)) > 3*time.Second {
+	var metricErr error
+	begin := time.Now()
+	for time.Since(begin) < 15*time.Second {
+		retired, metricErr = g.gauge(ctx, "coder_reinit_guard_retired")
+		if metricErr == nil && (retired == 1) == want && time.Since(begin) > 3*time.Second {
 			break
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	rz, _ := g.readyz(ctx)
-	res.check("retirement with REINIT_GUARD_RETIRE_AT="+retireAt, (retired == 1) == want,
-		"coderd reports %q; coder_reinit_guard_retired %v (want %v); /readyz retired=%v", bi.Version, retired, want, rz["retired"])
+	rz, rzErr := g.readyz(ctx)
+	rzRetired, rzOK := rz["retired"].(bool)
+	res.check("retirement with REINIT_GUARD_RETIRE_AT="+retireAt,
+		metricErr == nil && rzErr == nil && rzOK && (retired == 1) == want && rzRetired == want,
+		"coderd reports %q; coder_reinit_guard_retired %v (want %v; read error: %v); /readyz retired=%v (read error: %v)",
+		bi.Version, retired, want, metricErr, rz["retired"], rzErr)
 }
 
 // storm: n long-claimed workspaces (100 by default) with two agents each, 200 real SDK

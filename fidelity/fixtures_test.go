@@ -37,9 +37,11 @@ import (
 // deployment is a coderd with its first user, license, an ordinary member who claims
 // prebuilds, and the provisioner gates.
 type deployment struct {
-	env    *coderdEnv
-	admin  *codersdk.Client
-	orgID  uuid.UUID
+	env   *coderdEnv
+	admin *codersdk.Client
+	orgID uuid.UUID
+	// org2: a second organization with external provisioner daemons of its own.
+	org2   uuid.UUID
 	member *codersdk.Client
 	// memberID owns the claimed workspaces.
 	memberID uuid.UUID
@@ -51,6 +53,8 @@ type template struct {
 	id      uuid.UUID
 	version uuid.UUID
 	presets map[string]uuid.UUID
+	// agents: agents per workspace.
+	agents int
 }
 
 func templateArchive(spec templateSpec) []byte {
@@ -64,10 +68,15 @@ func templateArchive(spec templateSpec) []byte {
 }
 
 // createTemplate uploads a template, waits for its import and creates the template.
-func (d *deployment) createTemplate(ctx context.Context, t *testing.T, name string, spec templateSpec) template {
+func (d *deployment) createTemplate(ctx context.Context, t *testing.T, name string, spec templateSpec, adjust ...func(*codersdk.CreateTemplateRequest)) template {
+	return d.createTemplateIn(ctx, t, d.orgID, name, spec, adjust...)
+}
+
+// createTemplateIn is createTemplate in a given organization.
+func (d *deployment) createTemplateIn(ctx context.Context, t *testing.T, org uuid.UUID, name string, spec templateSpec, adjust ...func(*codersdk.CreateTemplateRequest)) template {
 	file, err := d.admin.Upload(ctx, codersdk.ContentTypeTar, bytes.NewReader(templateArchive(spec)))
 	require.NoError(t, err)
-	tv, err := d.admin.CreateTemplateVersion(ctx, d.orgID, codersdk.CreateTemplateVersionRequest{
+	tv, err := d.admin.CreateTemplateVersion(ctx, org, codersdk.CreateTemplateVersionRequest{
 		Name:          name + "-v1",
 		FileID:        file.ID,
 		StorageMethod: codersdk.ProvisionerStorageMethodFile,
@@ -79,7 +88,11 @@ func (d *deployment) createTemplate(ctx context.Context, t *testing.T, name stri
 		return err == nil && tv.Job.CompletedAt != nil
 	}, 2*time.Minute, 100*time.Millisecond)
 	require.Equal(t, codersdk.ProvisionerJobSucceeded, tv.Job.Status, tv.Job.Error)
-	tpl, err := d.admin.CreateTemplate(ctx, d.orgID, codersdk.CreateTemplateRequest{Name: name, VersionID: tv.ID})
+	req := codersdk.CreateTemplateRequest{Name: name, VersionID: tv.ID}
+	for _, f := range adjust {
+		f(&req)
+	}
+	tpl, err := d.admin.CreateTemplate(ctx, org, req)
 	require.NoError(t, err)
 	presets, err := d.admin.TemplateVersionPresets(ctx, tv.ID)
 	require.NoError(t, err)
@@ -87,7 +100,7 @@ func (d *deployment) createTemplate(ctx context.Context, t *testing.T, name stri
 	for _, p := range presets {
 		byName[p.Name] = p.ID
 	}
-	return template{id: tpl.ID, version: tv.ID, presets: byName}
+	return template{id: tpl.ID, version: tv.ID, presets: byName, agents: max(1, spec.Agents)}
 }
 
 // awaitBuild waits for a workspace build's job to end and returns the build.
@@ -256,13 +269,14 @@ func (d *deployment) finishHoldClaim(ctx context.Context, t *testing.T, tpl temp
 	return build.ID
 }
 
-// prebuildPool hands out one claimable prebuild per preset name, waiting for the
-// reconciler; safe for concurrent use.
+// prebuildPool hands out one claimable prebuild per preset name (presets are named
+// scenario@column, unique across templates), waiting for the reconciler; safe for
+// concurrent use.
 type prebuildPool struct {
-	mu   sync.Mutex
-	d    *deployment
-	tpl  template
-	seen map[string]bool
+	mu        sync.Mutex
+	d         *deployment
+	templates map[string]template
+	seen      map[string]bool
 }
 
 func (p *prebuildPool) take(ctx context.Context, t *testing.T, preset string) (uuid.UUID, uuid.UUID) {
@@ -273,9 +287,13 @@ func (p *prebuildPool) take(ctx context.Context, t *testing.T, preset string) (u
 	}
 	p.seen[preset] = true
 	p.mu.Unlock()
-	id, ok := p.tpl.presets[preset]
-	require.True(t, ok, "no preset %s", preset)
-	return id, p.d.awaitPrebuild(ctx, t, id, 1)
+	for _, tpl := range p.templates {
+		if id, ok := tpl.presets[preset]; ok {
+			return id, p.d.awaitPrebuild(ctx, t, id, tpl.agents)
+		}
+	}
+	t.Fatalf("no preset %s", preset)
+	return uuid.Nil, uuid.Nil
 }
 
 // latestBuildSummary describes a workspace's latest build for the results.

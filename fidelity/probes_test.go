@@ -39,11 +39,13 @@ type wireRead struct {
 type rawResult struct {
 	Query string `json:"query"`
 	// Outcome: "event" (a data event arrived), "http" (a complete non-200 answer),
-	// "wait" (nothing but pings, or nothing at all, within the window), "ended" (the
-	// stream ended without an event), "error".
+	// "wait" (nothing but pings, or nothing at all, within the window), "ended" (a 200
+	// stream ended without an event: its last chunk arrived, or the connection closed),
+	// "error".
 	Outcome string `json:"outcome"`
 	Status  int    `json:"status,omitempty"`
-	// Headers in the order received (Date removed: it differs by the second).
+	// Headers in the order received, as received (the driver normalises Date and the
+	// per-request values before comparing).
 	Headers [][2]string `json:"headers,omitempty"`
 	// Framing of the body: "chunked", "content-length" or "close".
 	Framing string `json:"framing,omitempty"`
@@ -52,9 +54,12 @@ type rawResult struct {
 	// FirstByteMs: when the first response byte arrived (-1: none).
 	FirstByteMs int64 `json:"first_byte_ms"`
 	// HeadMs: when the header block was complete (-1: never).
-	HeadMs int64      `json:"head_ms"`
-	Reads  []wireRead `json:"reads,omitempty"`
-	Error  string     `json:"error,omitempty"`
+	HeadMs int64 `json:"head_ms"`
+	// EndMs: when the stream ended (its last chunk, or the connection closed; -1: it did
+	// not end within the window).
+	EndMs int64      `json:"end_ms"`
+	Reads []wireRead `json:"reads,omitempty"`
+	Error string     `json:"error,omitempty"`
 }
 
 // rawReinit sends the agent's request as Go's HTTP client puts it on the wire (same
@@ -62,7 +67,7 @@ type rawResult struct {
 // records every byte that comes back for up to window, or until a data event or a
 // complete non-streaming answer arrived.
 func rawReinit(ctx context.Context, base, token, query string, window time.Duration) rawResult {
-	res := rawResult{Query: query, FirstByteMs: -1, HeadMs: -1}
+	res := rawResult{Query: query, FirstByteMs: -1, HeadMs: -1, EndMs: -1}
 	u := mustURL(base)
 	start := time.Now()
 	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", u.Host)
@@ -87,6 +92,7 @@ func rawReinit(ctx context.Context, base, token, query string, window time.Durat
 	_ = conn.SetReadDeadline(deadline)
 	var all []byte
 	buf := make([]byte, 64*1024)
+	// ended: the connection closed (EOF or reset), not the window's end.
 	ended := false
 	for {
 		n, err := conn.Read(buf)
@@ -101,6 +107,9 @@ func rawReinit(ctx context.Context, base, token, query string, window time.Durat
 				res.HeadMs = at
 			}
 			if done, _ := parseRaw(all, &res); done {
+				if _, complete := res.complete(all); complete {
+					res.EndMs = at
+				}
 				break
 			}
 		}
@@ -108,11 +117,13 @@ func rawReinit(ctx context.Context, base, token, query string, window time.Durat
 			var ne net.Error
 			if !(errors.As(err, &ne) && ne.Timeout()) {
 				ended = true
+				res.EndMs = time.Since(start).Milliseconds()
 			}
 			break
 		}
 	}
 	done, perr := parseRaw(all, &res)
+	_, complete := res.complete(all)
 	switch {
 	case perr != nil:
 		res.Outcome, res.Error = "error", perr.Error()
@@ -122,12 +133,32 @@ func rawReinit(ctx context.Context, base, token, query string, window time.Durat
 		res.Outcome = "event"
 	case res.Status != 0 && res.Status != http.StatusOK:
 		res.Outcome = "http"
-	case ended:
+	case ended, res.Status == http.StatusOK && complete:
+		// A stream that ended cleanly (its last chunk arrived) or whose connection closed.
 		res.Outcome = "ended"
 	default:
 		res.Outcome = "wait"
 	}
 	return res
+}
+
+// complete reports whether the response's body is complete in what arrived: its last
+// chunk (chunked) or all of its Content-Length.
+func (res *rawResult) complete(all []byte) (int, bool) {
+	i := bytes.Index(all, []byte("\r\n\r\n"))
+	if i < 0 {
+		return 0, false
+	}
+	body := all[i+4:]
+	switch res.Framing {
+	case "chunked":
+		_, complete := dechunk(body)
+		return len(body), complete
+	case "content-length":
+		resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(all[:i+4])), nil)
+		return len(body), err == nil && int64(len(body)) >= resp.ContentLength
+	}
+	return len(body), false
 }
 
 // parseRaw parses what arrived so far; done means nothing more is needed (a complete
@@ -146,9 +177,6 @@ func parseRaw(all []byte, res *rawResult) (bool, error) {
 	lines := strings.Split(string(all[:i]), "\r\n")[1:]
 	for _, l := range lines {
 		name, value, _ := strings.Cut(l, ":")
-		if strings.EqualFold(name, "Date") {
-			continue
-		}
 		res.Headers = append(res.Headers, [2]string{name, strings.TrimSpace(value)})
 	}
 	body := all[i+4:]
@@ -232,11 +260,12 @@ func sdkWaitUntil(ctx context.Context, base, token string, window time.Duration,
 	type r struct {
 		ev  *agentsdk.ReinitializationEvent
 		err error
+		at  time.Time
 	}
 	done := make(chan r, 1)
 	go func() {
 		ev, err := client.WaitForReinit(ctx)
-		done <- r{ev, err}
+		done <- r{ev, err, time.Now()}
 	}()
 	if before != nil {
 		before()
@@ -247,7 +276,8 @@ func sdkWaitUntil(ctx context.Context, base, token string, window time.Duration,
 	case <-time.After(window):
 		return sdkResult{Outcome: "wait", AtMs: time.Since(start).Milliseconds()}
 	}
-	res := sdkResult{AtMs: time.Since(start).Milliseconds()}
+	// When the call returned, not when it was collected (after `before`).
+	res := sdkResult{AtMs: got.at.Sub(start).Milliseconds()}
 	var sdkErr *codersdk.Error
 	switch {
 	case got.err == nil:

@@ -36,9 +36,11 @@ import (
 //     archive's fidelity.json;
 //   - a claim build of a workspace named "fail-*" fails in apply (terraform apply
 //     errors: the job fails and, as with any failed job, no resources are recorded);
-//   - a claim build of a workspace named "slow-*", and a stop build of one named
-//     "slowstop-*", stay in apply until the harness releases them (a running job, as a
-//     slow `terraform apply` is).
+//   - a claim build of a workspace named "slow-*", a stop build of one named
+//     "slowstop-*" and a delete build of one named "slowdel-*" stay in apply until the
+//     harness releases them (a running job, as a slow `terraform apply` is);
+//   - the next build of a given transition of a named workspace fails in apply when the
+//     harness asked for it (gates.failNext).
 
 // templateSpec is the template archive's fidelity.json.
 type templateSpec struct {
@@ -56,6 +58,7 @@ const (
 	failClaimPrefix = "fail-"
 	slowClaimPrefix = "slow-"
 	slowStopPrefix  = "slowstop-"
+	slowDelPrefix   = "slowdel-"
 	specFile        = "fidelity.json"
 )
 
@@ -77,6 +80,24 @@ func agentName(i int) string {
 type gates struct {
 	mu    sync.Mutex
 	gates map[string]*gate
+	// fail: workspace name and transition whose next build fails.
+	fail map[string]bool
+}
+
+// failNext makes the next build of the transition of the named workspace fail in apply.
+func (g *gates) failNext(name string, tr sdkproto.WorkspaceTransition) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.fail[name+"/"+tr.String()] = true
+}
+
+func (g *gates) takeFail(name string, tr sdkproto.WorkspaceTransition) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	k := name + "/" + tr.String()
+	f := g.fail[k]
+	delete(g.fail, k)
+	return f
 }
 
 type gate struct {
@@ -84,7 +105,7 @@ type gate struct {
 	enterOnce         sync.Once
 }
 
-func newGates() *gates { return &gates{gates: map[string]*gate{}} }
+func newGates() *gates { return &gates{gates: map[string]*gate{}, fail: map[string]bool{}} }
 
 func (g *gates) get(name string) *gate {
 	g.mu.Lock()
@@ -129,11 +150,15 @@ func (p *kubeLikeProvisioner) Apply(s *provisionersdk.Session, r *sdkproto.Apply
 	md := r.GetMetadata()
 	claim := md.GetPrebuiltWorkspaceBuildStage() == sdkproto.PrebuiltWorkspaceBuildStage_CLAIM
 	name := md.GetWorkspaceName()
+	tr := md.GetWorkspaceTransition()
 	switch {
 	case claim && strings.HasPrefix(name, failClaimPrefix):
 		return &sdkproto.ApplyComplete{Error: "terraform apply: the claim build failed (fidelity harness)"}
+	case p.gates.takeFail(name, tr):
+		return &sdkproto.ApplyComplete{Error: "terraform apply: the " + strings.ToLower(tr.String()) + " build failed (fidelity harness)"}
 	case claim && strings.HasPrefix(name, slowClaimPrefix),
-		md.GetWorkspaceTransition() == sdkproto.WorkspaceTransition_STOP && strings.HasPrefix(name, slowStopPrefix):
+		tr == sdkproto.WorkspaceTransition_STOP && strings.HasPrefix(name, slowStopPrefix),
+		tr == sdkproto.WorkspaceTransition_DESTROY && strings.HasPrefix(name, slowDelPrefix):
 		gt := p.gates.get(name)
 		gt.enterOnce.Do(func() { close(gt.entered) })
 		select {
@@ -200,6 +225,12 @@ func readSpec(dir string) (templateSpec, error) {
 // whichever coderd runs (dialProvisioner), so they outlive a coderd restart as external
 // daemons do.
 func startProvisionerDaemons(t *testing.T, env *coderdEnv, g *gates, n int) {
+	startProvisionerDaemonsWith(t, env, g, n, "fidelity-", env.dialProvisioner)
+}
+
+// startProvisionerDaemonsWith is startProvisionerDaemons with a dialer of the caller's (an
+// organization's external daemons: coderd's provisioner daemon endpoint, a provisioner key).
+func startProvisionerDaemonsWith(t *testing.T, env *coderdEnv, g *gates, n int, prefix string, dial func(ctx context.Context, name string) (provisionerdproto.DRPCProvisionerDaemonClient, error)) {
 	for i := 0; i < n; i++ {
 		workDir := t.TempDir()
 		client, server := drpcsdk.MemTransportPipe()
@@ -213,9 +244,9 @@ func startProvisionerDaemons(t *testing.T, env *coderdEnv, g *gates, n int) {
 			})
 		}()
 		connected := make(chan struct{})
-		name := "fidelity-" + string(rune('a'+i))
+		name := prefix + string(rune('a'+i))
 		daemon := provisionerd.New(func(dialCtx context.Context) (provisionerdproto.DRPCProvisionerDaemonClient, error) {
-			return env.dialProvisioner(dialCtx, name)
+			return dial(dialCtx, name)
 		}, &provisionerd.Options{
 			Logger:              env.log.Named("provisionerd"),
 			UpdateInterval:      250 * time.Millisecond,

@@ -20,11 +20,12 @@
  * takes 25-35 minutes on two cores; a warm one relinks in a minute or two (fidelity/RESULTS.md).
  */
 import { spawn } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startEmbeddedPg } from '../testkit/pg.js';
 import { compare, type Results } from './compare.js';
+import { selfTest } from './selftest.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const HERE = path.join(ROOT, 'fidelity');
@@ -121,6 +122,9 @@ async function main(): Promise<number> {
       const t = Date.now();
       const out = path.join(RUN, `${r.side}.json`);
       const log = path.join(RUN, `${r.side}.log`);
+      // An earlier run's results must never stand in for this one's (a test binary whose
+      // -test.run matches nothing exits 0 and writes nothing).
+      rmSync(out, { force: true });
       try {
         await run(binaryOf(r), ['-test.run', '^TestFidelity$', '-test.v', '-test.parallel', '64', '-test.timeout', '30m'], {
           cwd: HERE,
@@ -138,6 +142,10 @@ async function main(): Promise<number> {
         console.error(`coderd ${r.module} run failed: ${(err as Error).message}\n${tail(log)}`);
         return 1;
       }
+      if (!existsSync(out)) {
+        console.error(`coderd ${r.module} run wrote no results (${out}): did -test.run match TestFidelity?\n${tail(log)}`);
+        return 1;
+      }
       results.push(JSON.parse(readFileSync(out, 'utf8')) as Results);
       console.log(`  ran coderd ${r.module} (${r.side}) in ${seconds(t)}`);
     }
@@ -146,11 +154,18 @@ async function main(): Promise<number> {
   }
 
   const report = compare(results);
-  writeFileSync(path.join(RUN, 'table.txt'), report.text);
+  // Only a comparison that passes is worth judging: every row must still fail when its guard
+  // column is made to misbehave.
+  const self = report.ok ? selfTest(results) : null;
+  const selfText = self
+    ? `\nSelf-test of the comparison: ${self.tried} misbehaviours of the guard (and of the unpatched coderd in the bug rows) tried on this run's results; ${self.accepted.length ? `ACCEPTED ${self.accepted.length}, rows that cannot fail:\n${self.accepted.map((a) => `  - ${a}`).join('\n')}` : 'every one rejected by its row'}`
+    : '';
+  const ok = report.ok && (self?.ok ?? false);
+  writeFileSync(path.join(RUN, 'table.txt'), report.text + selfText);
   writeFileSync(path.join(RUN, 'table.md'), report.markdown);
-  console.log(report.text);
-  console.log(`fidelity: ${report.ok ? 'PASS' : 'FAIL'} in ${seconds(t0)} (details: ${RUN})`);
-  return report.ok ? 0 : 1;
+  console.log(report.text + selfText);
+  console.log(`fidelity: ${ok ? 'PASS' : 'FAIL'} in ${seconds(t0)} (details: ${RUN})`);
+  return ok ? 0 : 1;
 }
 
 main().then(

@@ -11,7 +11,8 @@ const build = (over: Partial<LatestBuild>): LatestBuild => ({
 });
 const claimInput = { workspace_build_id: 'b', dry_run: false, prebuilt_workspace_stage: 2 };
 
-// Rows of the fix's table (reference §3) plus the odd data we must fail open on.
+// Rows of the fix's table (reference §3), job input from older releases, and the odd data we
+// must fail open on.
 const table: Array<[string, LatestBuild | null, Verdict['action'], string]> = [
   ['claim build is latest, succeeded', build({ build_number: 2, input: claimInput }), 'pass', 'claim_build_is_latest'],
   ['claim build is latest, still running (pubsub event)', build({ input: claimInput }), 'pass', 'claim_build_is_latest'],
@@ -24,8 +25,13 @@ const table: Array<[string, LatestBuild | null, Verdict['action'], string]> = [
   ['input is not an object', build({ input: 'garbage' }), 'unknown', 'input_not_object'],
   ['input is an array', build({ input: [2] }), 'unknown', 'input_not_object'],
   ['input is null', build({ input: null }), 'unknown', 'input_not_object'],
-  ['legacy is_prebuild keys', build({ input: { is_prebuild: true } }), 'unknown', 'legacy_input_keys'],
-  ['legacy prebuild_claimed_by keys', build({ input: { prebuild_claimed_by: USER } }), 'unknown', 'legacy_input_keys'],
+  // Jobs written before the stage enum: the fixed coderd ignores these keys (stage NONE) and
+  // judges by the initiator alone.
+  ['legacy: a later user build (zero prebuild_claimed_by)', build({ build_number: 3, input: { workspace_build_id: 'b', dry_run: false, prebuild_claimed_by: '00000000-0000-0000-0000-000000000000' } }), 'suppress', 'claim_already_handled'],
+  ['legacy: claim build initiated by the claimer', build({ input: { prebuild_claimed_by: USER } }), 'suppress', 'claim_already_handled'],
+  ['legacy: claim build initiated by the prebuilds user (2025 releases)', build({ initiator_id: PREBUILDS_USER_ID, input: { prebuild_claimed_by: USER } }), 'hold', 'prebuild_not_yet_claimed'],
+  ['legacy: prebuild creation build', build({ build_number: 1, initiator_id: PREBUILDS_USER_ID, input: { is_prebuild: true } }), 'hold', 'prebuild_not_yet_claimed'],
+  ['legacy keys beside a stage: the stage decides', build({ input: { prebuilt_workspace_stage: 2, prebuild_claimed_by: USER } }), 'pass', 'claim_build_is_latest'],
   ['stage as a string', build({ input: { prebuilt_workspace_stage: '2' } }), 'unknown', 'stage_not_integer'],
   ['stage as a fraction', build({ input: { prebuilt_workspace_stage: 1.5 } }), 'unknown', 'stage_not_integer'],
   ['stage from the future', build({ input: { prebuilt_workspace_stage: 3 } }), 'unknown', 'stage_out_of_range'],

@@ -31,12 +31,7 @@ export type Verdict =
   | { action: 'hold'; reason: 'prebuild_not_yet_claimed' }
   | { action: 'unknown'; reason: UnknownReason };
 
-export type UnknownReason =
-  | 'no_builds'
-  | 'input_not_object'
-  | 'legacy_input_keys'
-  | 'stage_not_integer'
-  | 'stage_out_of_range';
+export type UnknownReason = 'no_builds' | 'input_not_object' | 'stage_not_integer' | 'stage_out_of_range';
 
 /** Verdicts that stay true forever for a workspace (a workspace is claimed once). */
 export const isFinal = (v: Verdict): boolean => v.action === 'suppress';
@@ -45,12 +40,12 @@ export const isFinal = (v: Verdict): boolean => v.action === 'suppress';
 export function stageOf(input: unknown): number | UnknownReason {
   if (typeof input !== 'object' || input === null || Array.isArray(input)) return 'input_not_object';
   const record = input as Record<string, unknown>;
-  if (!('prebuilt_workspace_stage' in record)) {
-    // Jobs from before the stage enum marked prebuilds with these keys; we do not guess
-    // what they mean for today's handler.
-    if ('is_prebuild' in record || 'prebuild_claimed_by' in record) return 'legacy_input_keys';
-    return STAGE.NONE; // Go omits the zero value: key absent means NONE.
-  }
+  // Go omits the zero value: key absent means NONE. Jobs written before the stage enum
+  // carry `is_prebuild` / `prebuild_claimed_by` instead; the fixed coderd (2.35.1) decodes
+  // the input into a struct that has neither key, so they are ignored and the stage is
+  // NONE there too: its answer then depends on the build's initiator alone (the prebuilds
+  // user: wait; anyone else: the claim was handled).
+  if (!('prebuilt_workspace_stage' in record)) return STAGE.NONE;
   const stage = record.prebuilt_workspace_stage;
   if (typeof stage !== 'number' || !Number.isInteger(stage)) return 'stage_not_integer';
   if (stage < STAGE.NONE || stage > STAGE.CLAIM) return 'stage_out_of_range';

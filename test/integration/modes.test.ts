@@ -96,15 +96,18 @@ describe('database failures fail open within the deadline', () => {
     expect(g.logs.text()).not.toContain(longClaimed.token);
   });
 
-  it('odd data (legacy job input keys) fails open with the reason logged', async () => {
+  it('job input from older releases (legacy keys, no stage) is judged as the fixed coderd judges it', async () => {
+    // coder 2.35.1 ignores is_prebuild / prebuild_claimed_by (stage NONE): a user's build
+    // means the claim was handled (fidelity/: "legacy job input" rows).
     const g = await start({ REINIT_GUARD_PG_URL: db.url });
     const ws = await createWorkspace(db.sql, user, 'legacy');
     await addBuild(db.sql, ws, { initiator: PREBUILDS_USER_ID, input: { is_prebuild: true } });
     const { jobId } = await addBuild(db.sql, ws, { initiator: user, input: { prebuild_claimed_by: user } });
     const token = await addAgent(db.sql, jobId);
     const r = await connectReinit(g.url, token);
-    expect(receivedClaim(r, ws)).toBe(true);
-    expect(g.logs.entries().find((e) => e.workspace_id === ws)).toMatchObject({ outcome: 'failed_open', reason: 'legacy_input_keys' });
+    expect(r.status).toBe(409);
+    expect(receivedClaim(r, ws)).toBe(false);
+    expect(g.logs.entries().find((e) => e.workspace_id === ws)).toMatchObject({ outcome: 'suppressed', reason: 'claim_already_handled' });
   });
 
   it('claim build not created yet: the seeded event is held back and the stream goes on', async () => {
