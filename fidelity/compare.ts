@@ -378,13 +378,10 @@ export const KNOWN_DEVIATIONS: Record<string, { text: string; applies: (guard: s
   },
   "the guard's own 409": {
     text:
-      'the guard\'s 409 (claim already handled) carries X-Coder-Reinit-Guard: claim-already-handled, and writes ' +
-      'Content-Type after coderd\'s headers instead of first, where coderd\'s sorted head has it',
+      "the guard's 409 (claim already handled) carries X-Coder-Reinit-Guard: claim-already-handled (documented), " +
+      "in its sorted place in a head otherwise ordered as coderd's (sorted names, then Date, then Content-Length)",
     applies: (g) => g.some(([n, v]) => n?.toLowerCase() === 'x-coder-reinit-guard' && v === 'claim-already-handled'),
-    rewrite: (h) => {
-      const rest = h.filter(([n]) => !/^(x-coder-reinit-guard|content-type)$/i.test(n ?? ''));
-      return [...h.filter(([n]) => n?.toLowerCase() === 'content-type'), ...rest];
-    },
+    rewrite: (h) => h.filter(([n]) => n?.toLowerCase() !== 'x-coder-reinit-guard'),
   },
 };
 

@@ -16,8 +16,8 @@ export interface FaultProxy {
   accepted: number;
   open: number;
   /**
-   * Highest number of connections open at once, as the kernel counts them: sampled every few
-   * milliseconds from /proc/net/tcp (ESTABLISHED on the proxy's port). The proxy's own count
+   * Highest number of connections open at once, as the kernel counts them: read from
+   * /proc/net/tcp (ESTABLISHED on the proxy's port) whenever a connection arrives. The proxy's own count
    * lags on a busy machine (a new connection can be accepted before the close of the one the
    * client already dropped is read) and overstated the pool; the kernel's state does not lag.
    */
@@ -62,8 +62,8 @@ export async function startFaultProxy(target: { host: string; port: number }): P
   await listen();
   const port = (server.address() as AddressInfo).port;
   let kernelMax = 0;
-  const sampler = setInterval(() => (kernelMax = Math.max(kernelMax, establishedOn(port))), 2);
-  sampler.unref();
+  // The count can only rise when a connection arrives: read the kernel's then.
+  server.on('connection', () => (kernelMax = Math.max(kernelMax, establishedOn(port))));
   const dropAll = () => {
     for (const s of sockets) s.destroy();
   };
@@ -89,7 +89,6 @@ export async function startFaultProxy(target: { host: string; port: number }): P
       mode = next;
     },
     async close() {
-      clearInterval(sampler);
       dropAll();
       if (mode !== 'refuse') await new Promise<void>((r) => server.close(() => r()));
     },

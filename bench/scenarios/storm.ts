@@ -31,6 +31,9 @@ export interface StormRow {
   /** Agents that did not get what the patched coderd gives them. */
   wrong: number;
   failedOpen: number;
+  /** Failed-open decisions by reason, and upstream errors by kind (from the guard's metrics). */
+  failedOpenReasons?: Record<string, number>;
+  upstreamErrors?: Record<string, number>;
   errors: number;
   /** Decision statements (latest_builds) the guard sent during this storm. */
   statements: number;
@@ -156,7 +159,22 @@ async function runStorm(name: string, url: string, agents: Agent[], watch: { gua
     maxMs: round(Math.max(...answered), 1),
   };
   if (watch.guard) {
+    const byLabel = (metric: string, label: string, filter: Record<string, string> = {}) => {
+      const out: Record<string, number> = {};
+      for (const line of after.split('\n')) {
+        const m = new RegExp(`^${metric}\\{([^}]*)\\} `).exec(line);
+        if (!m) continue;
+        const labels = Object.fromEntries([...(m[1] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
+        if (!Object.entries(filter).every(([k, v]) => labels[k] === v)) continue;
+        const key = labels[label] as string;
+        const n = diff(metric, { ...filter, [label]: key });
+        if (n) out[key] = n;
+      }
+      return out;
+    };
     Object.assign(row, {
+      failedOpenReasons: byLabel('coder_reinit_guard_reinit_requests_total', 'reason', { outcome: 'failed_open' }),
+      upstreamErrors: byLabel('coder_reinit_guard_upstream_errors_total', 'kind'),
       maxDbConnections: samples.db,
       maxRssMiB: round(samples.rss / 2 ** 20, 1),
       maxUpstreamOverClients: samples.over,

@@ -3,7 +3,7 @@ import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import { classifyUpstreamError, upstreamFailure, writeCoderError } from './errors.js';
 import { toFlat, toPairs } from './headers.js';
-import { dispatch, type HopControl, type ResponseSink, type UpstreamHead } from './hop.js';
+import { dispatch, dispatchOwnConnection, type HopControl, type ResponseSink, type UpstreamHead } from './hop.js';
 import { responseHead } from './response-head.js';
 import { logPath } from './target.js';
 import { hasBody, requestFraming, type Upstream } from './upstream.js';
@@ -133,12 +133,25 @@ export function failRequest(deps: Pick<ForwardDeps, 'log' | 'metrics'>, where: s
   }
 }
 
+/** How {@link forward} reaches coderd. */
+export interface ForwardOptions {
+  /**
+   * A connection of its own (node:http) instead of the keep-alive pool: for long-lived
+   * streams (`/reinit`), which would hold a pooled connection for their whole life
+   * ({@link dispatchOwnConnection}).
+   */
+  ownConnection?: boolean;
+}
+
+/** The default: nothing allocated per request on the hot path. */
+const POOLED: ForwardOptions = Object.freeze({});
+
 /**
  * Proxies one request to coderd: streams the body up (only ever with explicit framing),
  * hands the response head to `onResponse` (relay by default), and maps a failure before
  * any response to coderd's JSON error shape.
  */
-export function forward(deps: ForwardDeps, req: IncomingMessage, res: ServerResponse, onResponse: ResponseHandler = relay(deps)): void {
+export function forward(deps: ForwardDeps, req: IncomingMessage, res: ServerResponse, onResponse: ResponseHandler = relay(deps), opts: ForwardOptions = POOLED): void {
   const framing = requestFraming(req);
   const { metrics } = deps;
   metrics.inflight.inc();
@@ -148,7 +161,7 @@ export function forward(deps: ForwardDeps, req: IncomingMessage, res: ServerResp
     counted = false;
   };
 
-  const hop = dispatch(deps.upstream, req, framing, {
+  const hop = (opts.ownConnection ? dispatchOwnConnection : dispatch)(deps.upstream, req, framing, {
     onHead(head, control) {
       try {
         const sink = onResponse(head, res, control);

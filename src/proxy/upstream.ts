@@ -15,7 +15,7 @@ export interface Upstream {
   readonly hostPort: string;
   /** undici's keep-alive pool for ordinary requests (hop.ts). */
   readonly pool: Pool;
-  /** node:http's agent, for upgrades and CONNECT (tunnel.ts) and the guard's own buildinfo reads. */
+  /** node:http's keep-alive agent, for the guard's own buildinfo reads. */
   readonly agent: http.Agent;
   readonly request: typeof http.request;
   readonly forwardedHeaders: boolean;
@@ -101,9 +101,11 @@ export const hasBody = (framing: Framing): boolean => framing.kind !== 'none';
 export const MAX_HEADER_BYTES = 64 * 1024;
 
 /**
- * Starts the upstream request for an incoming one: same method, target and headers (less
- * hop-by-hop ones), on the pooled connection. The caller streams the body and handles the
- * response.
+ * Starts the upstream request for an incoming one on node:http, on a connection of its own:
+ * same method, target and headers (less hop-by-hop ones). For requests that keep their
+ * connection for good or for long (upgrades and CONNECT in tunnel.ts, `/reinit` streams in
+ * hop.ts); ordinary requests go through the undici pool. The caller streams the body and
+ * handles the response.
  */
 export function openUpstream(upstream: Upstream, req: IncomingMessage, framing: Framing, upgrade?: string, connectTarget?: string): http.ClientRequest {
   const headers = upstreamRequestHeaders(req.rawHeaders, {
@@ -123,9 +125,13 @@ export function openUpstream(upstream: Upstream, req: IncomingMessage, framing: 
     path: connectTarget ?? originForm(req.url ?? '/'),
     // A flat raw array keeps order, case and repeats; Node sends it as given.
     headers: toFlat(headers) as unknown as http.OutgoingHttpHeaders,
-    // An upgraded or CONNECT socket leaves the pool for good: give it its own connection
-    // (with the same trust settings as the pool).
-    ...(upgrade === undefined && connectTarget === undefined ? { agent: upstream.agent } : { agent: false, ...upstream.tlsOptions }),
+    // Its own connection (with the same trust settings as the pool), never reused: an
+    // upgraded or CONNECT socket leaves HTTP for good, and a /reinit stream lasts until one
+    // side ends it. Node sends `Connection: close`, which says just that. (A keep-alive
+    // agent would reuse connections only after coderd's short answers, and keeps every
+    // open socket in one array it scans on each release.)
+    agent: false,
+    ...upstream.tlsOptions,
     setHost: false,
     maxHeaderSize: MAX_HEADER_BYTES,
   });

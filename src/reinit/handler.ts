@@ -37,18 +37,34 @@ export const GUARD_HEADER = 'X-Coder-Reinit-Guard';
 /** coderd's SSE headers that do not belong on a JSON answer; the rest of its head is kept. */
 const SSE_ONLY = new Set(['content-type', 'cache-control', 'connection', 'x-accel-buffering', 'content-length', 'transfer-encoding', 'keep-alive']);
 
+/** The guard's 409 body length, computed once. */
+const CLAIM_HANDLED_LENGTH = String(Buffer.byteLength(CLAIM_HANDLED_BODY));
+
 /**
  * Answers 409 as a patched coderd does: its status, body and content type, with the headers
  * coderd's middleware set on this very request (Coder-Build-Version, X-Content-Type-Options,
- * Date, ...), plus {@link GUARD_HEADER}.
+ * Date, ...), plus {@link GUARD_HEADER}; in the order Go's server writes a head: the
+ * handler's headers sorted by name (values of one name in order), then Date, then
+ * Content-Length (found against the real coderd, fidelity/).
  */
 function writeClaimHandled(head: UpstreamHead, res: ServerResponse): void {
-  const headers: string[] = [];
+  const pairs: Array<[string, string]> = [
+    ['Content-Type', 'application/json; charset=utf-8'],
+    [GUARD_HEADER, 'claim-already-handled'],
+  ];
+  let date: string | undefined;
   for (let i = 0; i < head.rawHeaders.length; i += 2) {
     const name = head.rawHeaders[i] as string;
-    if (!SSE_ONLY.has(name.toLowerCase())) headers.push(name, head.rawHeaders[i + 1] as string);
+    const lower = name.toLowerCase();
+    if (lower === 'date') date ??= head.rawHeaders[i + 1] as string;
+    else if (!SSE_ONLY.has(lower)) pairs.push([name, head.rawHeaders[i + 1] as string]);
   }
-  headers.push('Content-Type', 'application/json; charset=utf-8', 'Content-Length', String(Buffer.byteLength(CLAIM_HANDLED_BODY)), GUARD_HEADER, 'claim-already-handled');
+  // A stable sort: several values of one name keep coderd's order.
+  pairs.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  const headers: string[] = [];
+  for (const [k, v] of pairs) headers.push(k, v);
+  if (date !== undefined) headers.push('Date', date);
+  headers.push('Content-Length', CLAIM_HANDLED_LENGTH);
   res.sendDate = false;
   res.writeHead(409, headers);
   res.end(CLAIM_HANDLED_BODY);
@@ -197,7 +213,9 @@ export function createReinitHandler(deps: ReinitDeps) {
     relayStream(deps, stream, res);
   };
 
-  return (req: IncomingMessage, res: ServerResponse) => forward(deps, req, res, onResponse);
+  // A stream coderd may hold for hours, or one the guard cuts after its first event: on a
+  // connection of its own, not the keep-alive pool (forward.ts, hop.ts).
+  return (req: IncomingMessage, res: ServerResponse) => forward(deps, req, res, onResponse, { ownConnection: true });
 }
 
 /**

@@ -18,6 +18,7 @@ export class UpstreamStream implements ResponseSink {
   private chunks: Buffer[] = [];
   private buffered = 0;
   private sink: Sink | null = null;
+  private destroyed = false;
   private waiters: Array<() => void> = [];
   state: StreamState = 'open';
   /** coderd's trailers, once it ended. */
@@ -32,6 +33,7 @@ export class UpstreamStream implements ResponseSink {
   /** From the hop: one chunk of coderd's body. */
   data(chunk: Buffer): boolean {
     if (this.sink) return this.sink.write(chunk);
+    if (this.destroyed) return false;
     this.chunks.push(chunk);
     this.buffered += chunk.length;
     this.wake();
@@ -89,10 +91,18 @@ export class UpstreamStream implements ResponseSink {
     if (this.state !== 'open') sink.end(this.state);
   }
 
-  /** Stops reading and releases coderd's side. */
+  /**
+   * Stops reading and releases coderd's side. The release (closing coderd's connection)
+   * runs once the caller's synchronous work is done, still before any other event: the
+   * guard's 409, written right after this call, leaves first. Closing a loopback or LAN
+   * connection does coderd's side of the close inline and wakes coderd; in front of the
+   * 409 it added ~0.1 ms to its median and up to ~0.5 ms to its p99.
+   */
   destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
     this.sink = null;
-    this.hop.abort();
+    queueMicrotask(() => this.hop.abort());
   }
 
   private finish(state: Exclude<StreamState, 'open'>): void {

@@ -76,6 +76,22 @@ describe('reconnect storm', () => {
     expect(await g.metric('coder_reinit_guard_db_statements_total', { statement: 'latest_builds' })).toBe(statements);
   });
 
+  it('after a storm of suppressed streams the guard keeps no connection to coderd open: one per agent at most, and none after', async () => {
+    const g = await start({ REINIT_GUARD_CACHE_WARM_INTERVAL: '0' });
+    await connectReinit(g.url, agents[0]!.token); // the verdict is cached; the guard's own polls are open
+    await new Promise((r) => setTimeout(r, 200));
+    const baseline = standin.openConnections;
+    let max = 0;
+    const sampler = setInterval(() => (max = Math.max(max, standin.openConnections - baseline)), 5);
+    const rs = await storm(g, agents.slice(0, 200));
+    clearInterval(sampler);
+    expect(rs.every((r) => r.status === 409)).toBe(true);
+    expect(max).toBeLessThanOrEqual(200);
+    // Every suppressed stream's upstream connection was closed before its 409 was written,
+    // and no other is left idle: nothing waits for an idle timeout (undici's is 4 s).
+    await waitFor(() => standin.openConnections <= baseline, 1500, `the guard's upstream connections to close (open: ${standin.openConnections}, baseline ${baseline})`);
+  });
+
   it('warm: the warm-up caches every handled claim, the storm sends no statement, and later claims are still judged right', async () => {
     const g = await start({ REINIT_GUARD_DB_POOL_SIZE: '2' });
     await waitFor(async () => (await g.metric('coder_reinit_guard_verdict_cache_warmed_workspaces')) >= AGENTS, 20_000, 'the warm-up');
@@ -97,7 +113,11 @@ describe('reconnect storm', () => {
     const u = new URL(db.url);
     const proxy = await startFaultProxy({ host: u.hostname, port: Number(u.port) });
     u.port = String(proxy.port);
+    // A stand-in of its own: the shared one is still working through the storms' LISTEN and
+    // UNLISTEN commands (one connection for all) and can take seconds to answer.
+    const own = await startCoderdStandin({ pgUrl: db.url, pingIntervalMs: 15_000 });
     const g = await start({
+      REINIT_GUARD_UPSTREAM: own.url,
       REINIT_GUARD_PG_URL: u.toString(),
       REINIT_GUARD_HOLD_RECHECK: '100ms',
       REINIT_GUARD_HOLD_MAX: '3s',
@@ -108,7 +128,9 @@ describe('reconnect storm', () => {
       const ws = await createWorkspace(db.sql, user, 'held-while-db-cut');
       const token = await addAgent(db.sql, (await addBuild(db.sql, ws, { initiator: PREBUILDS_USER_ID, stage: STAGE.CREATE })).jobId);
       const held = connectReinit(g.url, token, { until: () => false, timeoutMs: 10_000 });
-      await waitFor(async () => (await g.metric('coder_reinit_guard_reinit_requests_total', { outcome: 'held' })) === 1, 5000, 'the hold');
+      await waitFor(async () => (await g.metric('coder_reinit_guard_reinit_requests_total', { outcome: 'held' })) === 1, 5000, 'the hold').catch((err: Error) => {
+        throw new Error(`${err.message}; guard log: ${g.logs.text().slice(-1500)}`);
+      });
       await proxy.setMode('refuse');
       await waitFor(async () => (await g.metric('coder_reinit_guard_hold_recheck_failures_total')) >= 3, 5000, 'failed rechecks');
       expect(await g.metric('coder_reinit_guard_db_errors_total')).toBeGreaterThanOrEqual(3);
@@ -120,6 +142,8 @@ describe('reconnect storm', () => {
       expect(r.stopped).toBe('ended');
       expect(r.body.toString()).not.toContain('prebuild_claimed');
     } finally {
+      await g.guard.close(100);
+      await own.close();
       await proxy.close();
     }
   });
