@@ -115,6 +115,16 @@ describe('decider', () => {
     expect(db.batches.length).toBe(1); // the other 190 never waited for a statement of their own
   });
 
+  it('one statement past its deadline fails only its own batch: what queues behind it is still sent', async () => {
+    const ws = ids(30);
+    let n = 0;
+    const db = fakeDb(new Map(ws.map((id) => [id, handled])), () => (n++ === 0 ? { delayMs: 400 } : { delayMs: 5 }));
+    const decider = createDecider(options(db.queries, { maxConcurrent: 2, batchSize: 10, batchWindowMs: 0 }));
+    const ds = await Promise.all(ws.map((id) => decider.decide(id)));
+    expect(ds.filter((d) => !d.ok && d.failure === 'timeout')).toHaveLength(1); // the first lookup went alone, at once
+    expect(ds.filter((d) => d.ok)).toHaveLength(29);
+  });
+
   it('black-holed: statements that never answer fail at their deadline, and so does what queues behind them', async () => {
     const ws = ids(100);
     const db = fakeDb(new Map(), () => ({ never: true }));
