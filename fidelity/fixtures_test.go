@@ -83,11 +83,7 @@ func (d *deployment) createTemplateIn(ctx context.Context, t *testing.T, org uui
 		Provisioner:   codersdk.ProvisionerTypeEcho,
 	})
 	require.NoError(t, err)
-	require.Eventually(t, func() bool {
-		tv, err = d.admin.TemplateVersion(ctx, tv.ID)
-		return err == nil && tv.Job.CompletedAt != nil
-	}, 2*time.Minute, 100*time.Millisecond)
-	require.Equal(t, codersdk.ProvisionerJobSucceeded, tv.Job.Status, tv.Job.Error)
+	tv = d.awaitImport(ctx, t, tv.ID)
 	req := codersdk.CreateTemplateRequest{Name: name, VersionID: tv.ID}
 	for _, f := range adjust {
 		f(&req)
@@ -318,4 +314,16 @@ func latestBuildSummary(ctx context.Context, db *sql.DB, ws uuid.UUID) string {
 	}
 	_ = json.Unmarshal(input, &in)
 	return fmt.Sprintf("#%d %s by %s, %s, stage %d", n, tr, who, status, in.Stage)
+}
+
+// awaitImport waits for a template version's import job and requires that it succeeded.
+func (d *deployment) awaitImport(ctx context.Context, t *testing.T, id uuid.UUID) codersdk.TemplateVersion {
+	var tv codersdk.TemplateVersion
+	require.Eventually(t, func() bool {
+		var err error
+		tv, err = d.admin.TemplateVersion(ctx, id)
+		return err == nil && tv.Job.CompletedAt != nil
+	}, 2*time.Minute, 100*time.Millisecond)
+	require.Equal(t, codersdk.ProvisionerJobSucceeded, tv.Job.Status, tv.Job.Error)
+	return tv
 }

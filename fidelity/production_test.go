@@ -541,10 +541,5 @@ func (d *deployment) newVersion(ctx context.Context, t *testing.T, tpl template,
 		StorageMethod: codersdk.ProvisionerStorageMethodFile, Provisioner: codersdk.ProvisionerTypeEcho,
 	})
 	require.NoError(t, err)
-	require.Eventually(t, func() bool {
-		tv, err = d.admin.TemplateVersion(ctx, tv.ID)
-		return err == nil && tv.Job.CompletedAt != nil
-	}, 2*time.Minute, 100*time.Millisecond)
-	require.Equal(t, codersdk.ProvisionerJobSucceeded, tv.Job.Status, tv.Job.Error)
-	return tv.ID
+	return d.awaitImport(ctx, t, tv.ID).ID
 }
