@@ -17,6 +17,13 @@ export interface Upstream {
   readonly pool: Pool;
   /** node:http's keep-alive agent, for the guard's own buildinfo reads. */
   readonly agent: http.Agent;
+  /**
+   * node:http's agent for connections of their own ({@link openUpstream}): it never keeps
+   * or reuses one. Shared rather than `agent: false`, which builds an Agent per request
+   * (twice the time to coderd's head on loopback, 0.28 ms against 0.14 ms). Its cost: it
+   * lists every open socket and finds a released one by a scan, microseconds at 10,000.
+   */
+  readonly ownAgent: http.Agent;
   readonly request: typeof http.request;
   readonly forwardedHeaders: boolean;
   readonly connectTimeoutMs: number;
@@ -48,6 +55,8 @@ export function createUpstream(opts: UpstreamOptions): Upstream {
   const ca = opts.ca ? [...tls.rootCertificates, opts.ca] : undefined;
   const tlsOptions = { ...(ca ? { ca } : {}), ...(opts.servername ? { servername: opts.servername } : {}) };
   const agent = secure ? new https.Agent({ ...agentOptions, ...tlsOptions }) : new http.Agent(agentOptions);
+  const ownOptions = { keepAlive: false, maxSockets: Infinity };
+  const ownAgent = secure ? new https.Agent({ ...ownOptions, ...tlsOptions }) : new http.Agent(ownOptions);
   const connectTimeoutMs = opts.connectTimeoutMs ?? 10_000;
   const pool = new Pool(opts.url.origin, {
     // Streams, long polls and uploads may take hours: no deadline on heads or bodies; only
@@ -63,6 +72,7 @@ export function createUpstream(opts: UpstreamOptions): Upstream {
     hostPort: `${opts.url.hostname}:${port}`,
     pool,
     agent,
+    ownAgent,
     request: secure ? https.request : http.request,
     forwardedHeaders: opts.forwardedHeaders,
     connectTimeoutMs,
@@ -128,10 +138,8 @@ export function openUpstream(upstream: Upstream, req: IncomingMessage, framing: 
     // Its own connection (with the same trust settings as the pool), never reused: an
     // upgraded or CONNECT socket leaves HTTP for good, and a /reinit stream lasts until one
     // side ends it. Node sends `Connection: close`, which says just that. (A keep-alive
-    // agent would reuse connections only after coderd's short answers, and keeps every
-    // open socket in one array it scans on each release.)
-    agent: false,
-    ...upstream.tlsOptions,
+    // agent would reuse connections only after coderd's short answers.)
+    agent: upstream.ownAgent,
     setHost: false,
     maxHeaderSize: MAX_HEADER_BYTES,
   });

@@ -147,6 +147,7 @@ export async function startProxyServer(
       await closed;
       clearTimeout(timer);
       upstream.agent.destroy();
+      upstream.ownAgent.destroy();
       await upstream.pool.destroy();
     },
   };
