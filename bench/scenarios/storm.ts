@@ -20,7 +20,7 @@ import { percentile, promSum, round } from '../lib/stats.js';
  * - `mixed`: a fresh default guard, 80 % long-claimed, 10 % claim build latest, 10 % held.
  *
  * Sampled during each guard storm: the guard's RSS (all its processes), its PostgreSQL
- * connections (pg_stat_activity), its client and upstream connections (ss), and the
+ * connections (pg_stat_activity), its client and upstream connections (its own gauge, every 200 ms), and the
  * kernel's listen-queue overflows (nstat).
  */
 export interface StormRow {
@@ -45,6 +45,7 @@ export interface StormRow {
   /** Highest (upstream connections - client connections) seen; never above 0 is the bar. */
   maxUpstreamOverClients?: number;
   maxClientConnections?: number;
+  maxUpstreamConnections?: number;
   /** Deepest accept queue seen on the guard's listener and on the stand-in's (ss Recv-Q). */
   maxGuardAcceptQueue?: number;
   maxStandinAcceptQueue?: number;
@@ -54,16 +55,10 @@ export interface StormRow {
 
 type Agent = { token: string; workspaceId: string; kind: BulkKind };
 
-const ss = (): string[] => {
+/** Lines of `ss` output, or none where ss is missing. */
+const ss = (...args: string[]): string[] => {
   try {
-    return execFileSync('ss', ['-Htn', 'state', 'established'], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 }).split('\n');
-  } catch {
-    return [];
-  }
-};
-const listeners = (): string[] => {
-  try {
-    return execFileSync('ss', ['-Hltn'], { encoding: 'utf8' }).split('\n');
+    return execFileSync('ss', args, { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 }).split('\n');
   } catch {
     return [];
   }
@@ -93,11 +88,11 @@ async function runStorm(name: string, url: string, agents: Agent[], watch: { gua
   const before = await metrics();
   const ovBefore = overflows();
   let sampling = true;
-  const samples = { db: 0, rss: 0, over: -Infinity, clients: 0, guardQueue: 0, standinQueue: 0 };
+  const samples = { db: 0, rss: 0, over: -Infinity, clients: 0, upstream: 0, guardQueue: 0, standinQueue: 0 };
   const acceptQueues = (async () => {
     // The accept queues, every 10 ms: where an agent waits before any process sees it.
     while (sampling) {
-      for (const line of listeners()) {
+      for (const line of ss('-Hltn')) {
         const cols = line.trim().split(/\s+/);
         // LISTEN, Recv-Q (connections waiting for accept), Send-Q (the backlog), address.
         const p = port(cols[3]);
@@ -115,15 +110,14 @@ async function runStorm(name: string, url: string, agents: Agent[], watch: { gua
       const [r] = await s<{ n: number }[]>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'coder-reinit-guard'`;
       samples.db = Math.max(samples.db, r!.n);
       samples.rss = Math.max(samples.rss, watch.guard.rss());
-      if (tick++ % 10 === 0) {
-        let clients = 0;
-        let upstream = 0;
-        for (const line of ss()) {
-          const cols = line.trim().split(/\s+/);
-          if (port(cols[2]) === watch.guardPort) clients++;
-          if (port(cols[3]) === watch.standinPort) upstream++;
-        }
+      if (tick++ % 10 === 0 && watch.guard.adminUrl) {
+        // The guard's own count of both sides, read in one scrape: a consistent snapshot
+        // (an `ss` dump of 20,000 sockets during a storm is not).
+        const text = await metrics();
+        const clients = promSum(text, 'coder_reinit_guard_connections', { side: 'client' });
+        const upstream = promSum(text, 'coder_reinit_guard_connections', { side: 'upstream' });
         samples.clients = Math.max(samples.clients, clients);
+        samples.upstream = Math.max(samples.upstream, upstream);
         samples.over = Math.max(samples.over, upstream - clients);
       }
       await new Promise((res) => setTimeout(res, 20));
@@ -179,6 +173,7 @@ async function runStorm(name: string, url: string, agents: Agent[], watch: { gua
       maxRssMiB: round(samples.rss / 2 ** 20, 1),
       maxUpstreamOverClients: samples.over,
       maxClientConnections: samples.clients,
+      maxUpstreamConnections: samples.upstream,
     });
   }
   row.maxStandinAcceptQueue = samples.standinQueue;

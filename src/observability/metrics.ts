@@ -29,6 +29,10 @@ export interface Metrics {
   refused: Counter<'reason'>;
   inflight: Gauge;
   openStreams: Gauge<'kind'>;
+  /** Open TCP connections by side; read at scrape time from {@link Metrics.connectionSources}. */
+  connections: Gauge<'side'>;
+  /** Where {@link Metrics.connections} reads its counts; the proxy server sets them. */
+  connectionSources: { client: () => number; upstream: () => number } | null;
   info: Gauge<'version' | 'mode' | 'coderd_version'>;
   retired: Gauge;
   dependencyUp: Gauge<'dependency'>;
@@ -51,7 +55,7 @@ export function createMetrics(defaults = true): Metrics {
     for (const name of MISNAMED_DEFAULTS) registry.removeSingleMetric(`${PREFIX}${name}`);
   }
   const registers = [registry];
-  return {
+  const metrics: Metrics = {
     registry,
     reinitRequests: new Counter({
       name: 'coder_reinit_guard_reinit_requests_total',
@@ -149,6 +153,19 @@ export function createMetrics(defaults = true): Metrics {
       labelNames: ['kind'],
       registers,
     }),
+    connections: new Gauge({
+      name: 'coder_reinit_guard_connections',
+      help: 'Open TCP connections, by side: client (accepted by the proxy listeners) and upstream (to coderd: pooled, of their own, tunnelled). Upstream stays at or below client unless idle keep-alive connections outlive their clients.',
+      labelNames: ['side'],
+      registers,
+      collect() {
+        const sources = metrics.connectionSources;
+        if (!sources) return;
+        this.set({ side: 'client' }, sources.client());
+        this.set({ side: 'upstream' }, sources.upstream());
+      },
+    }),
+    connectionSources: null,
     info: new Gauge({
       name: 'coder_reinit_guard_info',
       help: "Always 1: the guard's version, configured mode and coderd's reported version.",
@@ -171,4 +188,5 @@ export function createMetrics(defaults = true): Metrics {
       aggregator: 'max',
     }),
   };
+  return metrics;
 }

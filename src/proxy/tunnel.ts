@@ -49,6 +49,8 @@ export function createTunnelHandler(deps: ForwardDeps) {
   const { metrics, log } = deps;
   // Upgraded sockets leave the HTTP server's bookkeeping: track them to close on shutdown.
   const open = new Set<Duplex>();
+  // Spliced upstream sockets: they left the agent's bookkeeping with the 101.
+  let spliced = 0;
   const handler = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     open.add(socket);
     socket.once('close', () => open.delete(socket));
@@ -75,7 +77,11 @@ export function createTunnelHandler(deps: ForwardDeps) {
       if (upHead.length) socket.write(upHead);
       if (early.length) upSocket.write(early);
       metrics.openStreams.inc({ kind: 'tunnel' });
-      splice(socket, upSocket, () => metrics.openStreams.dec({ kind: 'tunnel' }));
+      spliced++;
+      splice(socket, upSocket, () => {
+        spliced--;
+        metrics.openStreams.dec({ kind: 'tunnel' });
+      });
     };
     upReq.once(isConnect ? 'connect' : 'upgrade', onUpgraded);
 
@@ -134,5 +140,7 @@ export function createTunnelHandler(deps: ForwardDeps) {
     closeAll: () => {
       for (const s of open) s.destroy();
     },
+    /** Upstream connections of spliced tunnels. */
+    splicedUpstream: () => spliced,
   });
 }

@@ -127,6 +127,13 @@ export function createDecider(opts: DeciderOptions): LocalDecider {
   let overdue = 0;
   let lastSent = -Infinity;
   let windowTimer: NodeJS.Timeout | null = null;
+  /** Background work (the warm-up) waiting for a connection no lookup wants. */
+  const quietWaiters: Array<() => void> = [];
+  const quiet = () => queue.size === 0 && running < opts.maxConcurrent;
+  /** Resolves when a connection is free and no lookup is queued; woken by {@link pump}. */
+  const whenQuiet = async (): Promise<void> => {
+    while (!quiet()) await new Promise<void>((resolve) => quietWaiters.push(resolve));
+  };
   const queued = () => opts.onQueue?.(queue.size);
 
   const remember = (id: string, verdict: Verdict) => {
@@ -202,6 +209,7 @@ export function createDecider(opts: DeciderOptions): LocalDecider {
       queued();
       void send(batch);
     }
+    if (quiet()) for (const wake of quietWaiters.splice(0)) wake();
   };
 
   const send = async (batch: Lookup[]) => {
@@ -276,7 +284,7 @@ export function createDecider(opts: DeciderOptions): LocalDecider {
       for (;;) {
         // One page at a time, and only on a free connection: lookups of agents waiting now
         // go first (they are queued; the warm-up waits for a quiet connection).
-        while (running >= opts.maxConcurrent || queue.size > 0) await new Promise((r) => setTimeout(r, 10));
+        await whenQuiet();
         statements++;
         const from: string | null = after;
         const rows: WorkspaceLatestBuild[] = await statement('warm_up', 0, () => opts.queries.claimedPrebuildsPage(from, pageSize));

@@ -124,12 +124,24 @@ export async function startProxyServer(
     return server;
   };
   const servers: http.Server[] = [wire(http.createServer(serverOptions, listener))];
+  let clients = 0;
+  const countClients = (server: http.Server) =>
+    server.on('connection', (socket: Duplex) => {
+      clients++;
+      socket.once('close', () => clients--);
+    });
+  countClients(servers[0]!);
+  metrics.connectionSources = {
+    client: () => clients,
+    upstream: () => upstream.pool.stats.connected + agentSockets(upstream.agent) + agentSockets(upstream.ownAgent) + tunnel.splicedUpstream(),
+  };
   const address = await listen(servers[0]!, config.listen.host, config.listen.port, config.listenBacklog);
   let tlsAddress: AddressInfo | null = null;
   if (config.tlsListen && config.tlsCert && config.tlsKey) {
     // Same handler, same tunnel: a client that reached coderd on 443 sees the same guard.
     const tlsServer = wire(https.createServer({ ...serverOptions, cert: config.tlsCert, key: config.tlsKey }, listener));
     servers.push(tlsServer);
+    countClients(tlsServer);
     tlsAddress = await listen(tlsServer, config.tlsListen.host, config.tlsListen.port, config.listenBacklog);
   }
   return {
@@ -151,6 +163,14 @@ export async function startProxyServer(
       await upstream.pool.destroy();
     },
   };
+}
+
+/** Sockets an http.Agent holds, busy and idle. */
+function agentSockets(agent: http.Agent): number {
+  let n = 0;
+  for (const list of Object.values(agent.sockets)) n += list?.length ?? 0;
+  for (const list of Object.values(agent.freeSockets)) n += list?.length ?? 0;
+  return n;
 }
 
 /**

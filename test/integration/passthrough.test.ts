@@ -247,6 +247,28 @@ describe('upgrades and CONNECT', () => {
     await closed;
   });
 
+  it('counts its client and upstream connections, tunnels included', async () => {
+    const conn = (side: string) => guard.metric('coder_reinit_guard_connections', { side });
+    const base = await conn('upstream');
+    const sockets = await Promise.all(
+      [1, 2, 3].map(async () => {
+        const socket = net.connect(port, '127.0.0.1');
+        socket.on('error', () => {});
+        let got = '';
+        socket.on('data', (c) => (got += c.toString('latin1')));
+        socket.write('GET /derp HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: DERP\r\n\r\n');
+        await waitFor(() => got.includes('DERP-SERVER-HELLO'), 3000, 'the tunnel to open');
+        return socket;
+      }),
+    );
+    expect(await conn('client')).toBeGreaterThanOrEqual(3);
+    expect(await conn('upstream')).toBeGreaterThanOrEqual(3);
+    for (const s of sockets) s.destroy();
+    await waitFor(async () => (await guard.metric('coder_reinit_guard_open_streams', { kind: 'tunnel' })) === 0, 3000, 'the tunnels to close');
+    // Every tunnel's upstream connection went with it; what is left upstream is the pool.
+    await waitFor(async () => (await conn('upstream')) <= base, 3000, 'the upstream side to drop');
+  });
+
   it('a non-101 answer to an upgrade is relayed, not hung', async () => {
     const raw = await rawExchange(port, 'GET /reject HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
     const r = parseResponse(raw);
