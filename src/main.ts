@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import cluster from 'node:cluster';
+import { listenSockets } from './server/listen.js';
 import { describeConfig, loadConfig, type Config } from './config/index.js';
 import { runAudit } from './audit/index.js';
 import { createLogger, type Logger } from './observability/log.js';
@@ -53,7 +54,7 @@ async function main(): Promise<void> {
     onSignals(log, () => primary.stop());
   } else {
     const guard = await startGuard(config, { log });
-    started({ proxy_port: guard.proxyAddress.port, admin_port: guard.adminAddress.port });
+    started({ proxy_port: guard.proxyAddress.port, admin_port: guard.adminAddress.port, listen_sockets: listenSockets(config.listenBacklog) });
     onSignals(log, () => guard.close(config.shutdownGraceMs));
   }
 }

@@ -1,5 +1,7 @@
+import cluster from 'node:cluster';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { effectiveBacklog } from '../config/index.js';
 
 /**
  * Listens and resolves with the bound address (port 0 picks a free port). `backlog` is the
@@ -7,11 +9,47 @@ import type { AddressInfo } from 'node:net';
  * connection dropped at a full queue comes back only after TCP's SYN retransmission backoff
  * (1 s, 3 s, 7 s, ...). The kernel caps it at net.core.somaxconn.
  */
-export const listen = (server: Server, host: string, port: number, backlog?: number) =>
+export const listen = (server: Server, host: string, port: number, backlog?: number, reusePort = false) =>
   new Promise<AddressInfo>((resolve, reject) => {
     server.once('error', reject);
-    server.listen({ port, host, ...(backlog ? { backlog } : {}) }, () => {
+    server.listen({ port, host, ...(backlog ? { backlog } : {}), ...(reusePort ? { reusePort } : {}) }, () => {
       server.off('error', reject);
       resolve(server.address() as AddressInfo);
     });
   });
+
+/** Most listening sockets one process opens for one address. */
+const MAX_SOCKETS = 16;
+
+/** Whether this Node can open several listening sockets on one port (SO_REUSEPORT: 22.12, 23.1). */
+export function reusePortSupported(version = process.versions.node): boolean {
+  const [major = 0, minor = 0] = version.split('.').map(Number);
+  return major > 23 || (major === 23 && minor >= 1) || (major === 22 && minor >= 12);
+}
+
+/**
+ * How many listening sockets give the requested accept queue: the kernel caps each socket's
+ * queue at net.core.somaxconn (4096 by default, per pod), and with SO_REUSEPORT it spreads new
+ * connections over the sockets, each with a queue of its own. One, where Node cannot do it or
+ * in a cluster worker (the primary owns the socket there).
+ */
+export function listenSockets(backlog: number, granted = effectiveBacklog(backlog), supported = reusePortSupported() && !cluster.isWorker): number {
+  if (!supported || granted >= backlog) return 1;
+  return Math.min(MAX_SOCKETS, Math.ceil(backlog / granted));
+}
+
+/**
+ * Listens on one address with `count` sockets (SO_REUSEPORT when more than one), each an
+ * http.Server from `make` with the same handlers; resolves with the servers and the address.
+ */
+export async function listenAll<S extends Server>(make: () => S, host: string, port: number, backlog: number, count: number): Promise<{ servers: S[]; address: AddressInfo }> {
+  const first = make();
+  const address = await listen(first, host, port, backlog, count > 1);
+  const servers = [first];
+  for (let i = 1; i < count; i++) {
+    const server = make();
+    await listen(server, host, address.port, backlog, true);
+    servers.push(server);
+  }
+  return { servers, address };
+}

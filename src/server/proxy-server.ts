@@ -12,7 +12,7 @@ import { createTunnelHandler } from '../proxy/tunnel.js';
 import { isReinitRoute } from '../reinit/wait.js';
 import type { Upstream } from '../proxy/upstream.js';
 import type { Decider } from '../reinit/decider.js';
-import { listen } from './listen.js';
+import { listenAll, listenSockets } from './listen.js';
 import { createProxyListener } from './proxy-app.js';
 
 /**
@@ -123,26 +123,28 @@ export async function startProxyServer(
     server.maxHeadersCount = 0;
     return server;
   };
-  const servers: http.Server[] = [wire(http.createServer(serverOptions, listener))];
+  const servers: http.Server[] = [];
   let clients = 0;
   const countClients = (server: http.Server) =>
     server.on('connection', (socket: Duplex) => {
       clients++;
       socket.once('close', () => clients--);
     });
-  countClients(servers[0]!);
+  const sockets = listenSockets(config.listenBacklog);
+  const plain = await listenAll(() => countClients(wire(http.createServer(serverOptions, listener))), config.listen.host, config.listen.port, config.listenBacklog, sockets);
+  servers.push(...plain.servers);
+  const address = plain.address;
   metrics.connectionSources = {
     client: () => clients,
     upstream: () => upstream.pool.stats.connected + agentSockets(upstream.agent) + agentSockets(upstream.ownAgent) + tunnel.splicedUpstream(),
   };
-  const address = await listen(servers[0]!, config.listen.host, config.listen.port, config.listenBacklog);
   let tlsAddress: AddressInfo | null = null;
   if (config.tlsListen && config.tlsCert && config.tlsKey) {
     // Same handler, same tunnel: a client that reached coderd on 443 sees the same guard.
-    const tlsServer = wire(https.createServer({ ...serverOptions, cert: config.tlsCert, key: config.tlsKey }, listener));
-    servers.push(tlsServer);
-    countClients(tlsServer);
-    tlsAddress = await listen(tlsServer, config.tlsListen.host, config.tlsListen.port, config.listenBacklog);
+    const { tlsCert: cert, tlsKey: key } = config;
+    const tls = await listenAll(() => countClients(wire(https.createServer({ ...serverOptions, cert, key }, listener))), config.tlsListen.host, config.tlsListen.port, config.listenBacklog, sockets);
+    servers.push(...tls.servers);
+    tlsAddress = tls.address;
   }
   return {
     address,
