@@ -25,6 +25,7 @@ export interface Metrics {
   dbBatchWorkspaces: Histogram;
   decisionQueue: Gauge;
   upstreamErrors: Counter<'kind'>;
+  upstreamRetries: Counter<'reason'>;
   internalErrors: Counter<'where'>;
   refused: Counter<'reason'>;
   inflight: Gauge;
@@ -128,6 +129,12 @@ export function createMetrics(defaults = true): Metrics {
       name: 'coder_reinit_guard_upstream_errors_total',
       help: 'Failures talking to coderd, by kind.',
       labelNames: ['kind'],
+      registers,
+    }),
+    upstreamRetries: new Counter({
+      name: 'coder_reinit_guard_upstream_retries_total',
+      help: 'Bodiless idempotent requests sent to coderd a second time, on a fresh connection, because the first connection failed before any answer, by reason (closed, reset: coderd closed an idle keep-alive connection as the request went out; interim_100: coderd sent a 100 Continue).',
+      labelNames: ['reason'],
       registers,
     }),
     internalErrors: new Counter({

@@ -2,9 +2,9 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import { classifyUpstreamError, upstreamFailure, writeCoderError } from './errors.js';
-import { toFlat, toPairs } from './headers.js';
-import { dispatch, dispatchOwnConnection, type HopControl, type ResponseSink, type UpstreamHead } from './hop.js';
-import { responseHead } from './response-head.js';
+import { toFlat, toPairs, type Framing } from './headers.js';
+import { dispatch, dispatchOwnConnection, UNSENDABLE_TARGET, type HopCallbacks, type HopControl, type ResponseSink, type RetryReason, type UpstreamHead } from './hop.js';
+import { responseHead, writeInformational } from './response-head.js';
 import { logPath } from './target.js';
 import { hasBody, requestFraming, type Upstream } from './upstream.js';
 
@@ -146,6 +146,95 @@ export interface ForwardOptions {
 /** The default: nothing allocated per request on the hot path. */
 const POOLED: ForwardOptions = Object.freeze({});
 
+/** Whether the client speaks HTTP/1.1 or later (1xx responses are for such clients only). */
+const atLeast11 = (req: IncomingMessage) => req.httpVersionMajor > 1 || (req.httpVersionMajor === 1 && req.httpVersionMinor >= 1);
+
+/**
+ * One forwarded request as the hop's callbacks. A class rather than closures: its methods
+ * live on the prototype, so a request allocates one object for them.
+ */
+class Forwarding implements HopCallbacks {
+  private counted = true;
+
+  constructor(
+    private readonly deps: ForwardDeps,
+    private readonly req: IncomingMessage,
+    private readonly res: ServerResponse,
+    private readonly onResponse: ResponseHandler,
+    private readonly framing: Framing,
+  ) {
+    deps.metrics.inflight.inc();
+  }
+
+  /** Takes the request off the in-flight gauge (once). */
+  release(): void {
+    if (this.counted) this.deps.metrics.inflight.dec();
+    this.counted = false;
+  }
+
+  onHead(head: UpstreamHead, control: HopControl): ResponseSink | null {
+    const { req, res } = this;
+    try {
+      const sink = this.onResponse(head, res, control);
+      if (!sink) return null;
+      // coderd may answer in full before reading the whole body (a 404 to an upload).
+      // The rest of the body is of no use to it, but must still be read off the client's
+      // connection, or the next request on that keep-alive connection is never parsed
+      // and hangs (the soak found this): drop the upstream request and discard the rest,
+      // as a Node or Go server does with an unread body.
+      if (!hasBody(this.framing)) return sink;
+      return {
+        data: (chunk) => sink.data(chunk),
+        broken: (err) => sink.broken(err),
+        end(trailers) {
+          sink.end(trailers);
+          if (!req.readableEnded) {
+            control.abort();
+            req.resume();
+          }
+        },
+      };
+    } catch (err) {
+      failRequest(this.deps, 'response', req, res, err);
+      return null;
+    }
+  }
+
+  onInformational(head: UpstreamHead): void {
+    const { req, res } = this;
+    // 100 Continue is hop-by-hop: Node's server already answered a client's Expect, and
+    // neither hop asks coderd to wait. Other 1xx (103 Early Hints, 102, ...) reach the
+    // client as coderd sent them, before the final head; never an HTTP/1.0 client, which
+    // would take one for the final answer (RFC 9110 §15.2).
+    if (head.statusCode === 100 || res.headersSent || !atLeast11(req)) return;
+    writeInformational(res, head);
+  }
+
+  onRetry(reason: RetryReason): void {
+    const { deps, req } = this;
+    deps.metrics.upstreamRetries.inc({ reason });
+    deps.log.debug('upstream request sent again', { reason, method: req.method ?? '', path: logPath(req.url) });
+  }
+
+  onFailure(err: Error): void {
+    const { deps, req, res } = this;
+    if (res.headersSent || res.destroyed) return void res.destroy();
+    const code = (err as { code?: string }).code;
+    if (err.message === 'bad upgrade') return unrelayable(deps, res, 'unrequested_upgrade', 101);
+    if (code === 'ERR_ASSERTION') return unrelayable(deps, res, 'invalid_status', null);
+    if (code === 'UND_ERR_INVALID_ARG' || code === UNSENDABLE_TARGET) {
+      // A request the hop will not send (an odd target such as `GET *`): the client's.
+      deps.metrics.refused.inc({ reason: 'unsendable' });
+      return writeCoderError(res, 400, { message: 'Bad Request.', detail: 'coder-reinit-guard cannot forward this request target.' }, true);
+    }
+    const kind = classifyUpstreamError(err);
+    deps.metrics.upstreamErrors.inc({ kind });
+    deps.log.warn('upstream request failed', { kind, code: code ?? null, method: req.method ?? '', path: logPath(req.url) });
+    const { status, body } = upstreamFailure(kind, err);
+    writeCoderError(res, status, body);
+  }
+}
+
 /**
  * Proxies one request to coderd: streams the body up (only ever with explicit framing),
  * hands the response head to `onResponse` (relay by default), and maps a failure before
@@ -153,65 +242,10 @@ const POOLED: ForwardOptions = Object.freeze({});
  */
 export function forward(deps: ForwardDeps, req: IncomingMessage, res: ServerResponse, onResponse: ResponseHandler = relay(deps), opts: ForwardOptions = POOLED): void {
   const framing = requestFraming(req);
-  const { metrics } = deps;
-  metrics.inflight.inc();
-  let counted = true;
-  const release = () => {
-    if (counted) metrics.inflight.dec();
-    counted = false;
-  };
-
-  const hop = (opts.ownConnection ? dispatchOwnConnection : dispatch)(deps.upstream, req, framing, {
-    onHead(head, control) {
-      try {
-        const sink = onResponse(head, res, control);
-        if (!sink) return null;
-        // coderd may answer in full before reading the whole body (a 404 to an upload).
-        // The rest of the body is of no use to it, but must still be read off the client's
-        // connection, or the next request on that keep-alive connection is never parsed
-        // and hangs (the soak found this): drop the upstream request and discard the rest,
-        // as a Node or Go server does with an unread body.
-        if (!hasBody(framing)) return sink;
-        return {
-          data: (chunk) => sink.data(chunk),
-          broken: (err) => sink.broken(err),
-          end(trailers) {
-            sink.end(trailers);
-            if (!req.readableEnded) {
-              control.abort();
-              req.resume();
-            }
-          },
-        };
-      } catch (err) {
-        failRequest(deps, 'response', req, res, err);
-        return null;
-      }
-    },
-    onInformational(head) {
-      // 103 Early Hints reach the client as coderd sent them; other 1xx are hop-by-hop
-      // (Node's server already answered a client's Expect: 100-continue).
-      if (head.statusCode === 103 && !res.headersSent) res.writeEarlyHints(Object.fromEntries(toPairs(head.rawHeaders).map(([k, v]) => [k.toLowerCase(), v])));
-    },
-    onFailure(err) {
-      if (res.headersSent || res.destroyed) return void res.destroy();
-      if ((err as { message?: string }).message === 'bad upgrade') return unrelayable(deps, res, 'unrequested_upgrade', 101);
-      if ((err as { code?: string }).code === 'ERR_ASSERTION') return unrelayable(deps, res, 'invalid_status', null);
-      if ((err as { code?: string }).code === 'UND_ERR_INVALID_ARG') {
-        // A request undici will not send (an odd target such as `GET *`): the client's.
-        metrics.refused.inc({ reason: 'unsendable' });
-        return writeCoderError(res, 400, { message: 'Bad Request.', detail: 'coder-reinit-guard cannot forward this request target.' }, true);
-      }
-      const kind = classifyUpstreamError(err);
-      metrics.upstreamErrors.inc({ kind });
-      deps.log.warn('upstream request failed', { kind, code: (err as { code?: string }).code ?? null, method: req.method ?? '', path: logPath(req.url) });
-      const { status, body } = upstreamFailure(kind, err);
-      writeCoderError(res, status, body);
-    },
-  });
-
+  const call = new Forwarding(deps, req, res, onResponse, framing);
+  const hop = (opts.ownConnection ? dispatchOwnConnection : dispatch)(deps.upstream, req, framing, call);
   res.once('close', () => {
-    release();
+    call.release();
     // The client left before the response finished: free the upstream request now.
     if (!res.writableFinished) hop.abort();
   });

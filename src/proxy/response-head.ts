@@ -67,3 +67,44 @@ export function responseHead(req: IncomingMessage, res: ServerResponse, upRes: U
   if (!trailers) headers = headers.filter(([k]) => !isHeader(k, 'trailer'));
   return { ok: true, status, reason, headers, trailers };
 }
+
+/**
+ * Serializes a status line and headers as raw HTTP/1.1 bytes (latin1, one char per byte).
+ * The reason phrase is coderd's unless it holds a byte that has no place in a status line;
+ * then the standard one.
+ */
+export function rawHead(status: number, message: string, headers: readonly HeaderPair[]): string {
+  const reason = INVALID_TEXT.test(message) ? (STATUS_CODES[status] ?? '') : message;
+  let s = `HTTP/1.1 ${status} ${reason}\r\n`;
+  for (const [k, v] of headers) s += `${k}: ${v}\r\n`;
+  return `${s}\r\n`;
+}
+
+/** The part of Node's OutgoingMessage that `writeEarlyHints` and `writeContinue` write with. */
+interface RawWritable {
+  _writeRaw?: (data: string, encoding: BufferEncoding) => boolean;
+}
+
+/**
+ * Writes an interim (1xx) response of coderd's to the client ahead of the final one, as
+ * coderd sent it: its status line and every header line in order, less hop-by-hop ones.
+ * Node's `writeEarlyHints` would not do: it takes the headers as an object (one `Link`
+ * survives of several), validates `Link` against its own grammar and throws on a value
+ * coderd may send (`Link: preload-me`). The bytes go through the response's own raw
+ * writer, as `writeEarlyHints` does, so they queue behind an earlier response still
+ * writing on a keep-alive connection. A 1xx is advisory: one carrying a header line Node
+ * would refuse is dropped, and nothing here can throw into the hop. Returns whether it was
+ * written.
+ */
+export function writeInformational(res: ServerResponse, head: UpstreamHead): boolean {
+  try {
+    const writeRaw = (res as unknown as RawWritable)._writeRaw;
+    if (typeof writeRaw !== 'function' || res.destroyed) return false;
+    const headers = clientResponseHeaders(head.rawHeaders);
+    if (!headers.every(isValidHeader)) return false;
+    writeRaw.call(res, rawHead(head.statusCode, head.statusMessage, headers), 'latin1');
+    return true;
+  } catch {
+    return false;
+  }
+}

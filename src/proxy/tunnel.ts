@@ -1,22 +1,12 @@
-import { STATUS_CODES, type ClientRequest, type IncomingMessage } from 'node:http';
+import type { ClientRequest, IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import { classifyUpstreamError, rawCoderError, upstreamFailure } from './errors.js';
 import type { ForwardDeps } from './forward.js';
-import { clientResponseHeaders, toPairs, type HeaderPair } from './headers.js';
+import { clientResponseHeaders, toPairs } from './headers.js';
+import { rawHead } from './response-head.js';
 import { logPath, logUpgrade } from './target.js';
 import { openUpstream, requestFraming } from './upstream.js';
-
-/**
- * Serializes a status line and headers as raw HTTP/1.1 bytes. The reason phrase is coderd's
- * unless it holds a byte that has no place in a status line; then the standard one.
- */
-export function rawHead(status: number, message: string, headers: readonly HeaderPair[]): string {
-  const reason = /[^\t\x20-\x7e\x80-\xff]/.test(message) ? (STATUS_CODES[status] ?? '') : message;
-  let s = `HTTP/1.1 ${status} ${reason}\r\n`;
-  for (const [k, v] of headers) s += `${k}: ${v}\r\n`;
-  return `${s}\r\n`;
-}
 
 /** Joins two sockets both ways; either side ending, failing or closing ends the other. */
 function splice(a: Duplex, b: Duplex, onClose: () => void): void {
@@ -58,7 +48,7 @@ export function createTunnelHandler(deps: ForwardDeps) {
     const upgrade = isConnect ? undefined : (req.headers.upgrade ?? '');
     noDelay(socket);
     const framing = requestFraming(req);
-    const upReq: ClientRequest = openUpstream(deps.upstream, req, framing, upgrade, isConnect ? req.url : undefined);
+    const upReq: ClientRequest = openUpstream(deps.upstream, req, framing, { upgrade, connectTarget: isConnect ? req.url : undefined });
     let answered = false;
     // Bytes the client sent after its head (and after its body, if it announced one):
     // tunnel data, replayed once coderd accepts the upgrade.

@@ -5,7 +5,7 @@ import type { Socket } from 'node:net';
 import type { IncomingMessage } from 'node:http';
 import { Pool } from 'undici';
 import type { Config } from '../config/index.js';
-import { upstreamRequestHeaders, toFlat, type Framing } from './headers.js';
+import { isHeader, upstreamRequestHeaders, toFlat, type Framing } from './headers.js';
 import { originForm } from './target.js';
 
 /** Where proxied requests go, with the keep-alive pool to get there. */
@@ -13,9 +13,12 @@ export interface Upstream {
   readonly url: URL;
   /** "host:port" of coderd, used when a client sends no Host header. */
   readonly hostPort: string;
-  /** undici's keep-alive pool for ordinary requests (hop.ts). */
+  /** undici's keep-alive pool for bodiless requests with an idempotent method (hop.ts). */
   readonly pool: Pool;
-  /** node:http's keep-alive agent, for the guard's own buildinfo reads. */
+  /**
+   * node:http's keep-alive agent: requests with a body (hop.ts) and the guard's own
+   * buildinfo reads.
+   */
   readonly agent: http.Agent;
   /**
    * node:http's agent for connections of their own ({@link openUpstream}): it never keeps
@@ -110,15 +113,33 @@ export const hasBody = (framing: Framing): boolean => framing.kind !== 'none';
 /** Header bytes the guard accepts from coderd (as from clients): nothing is ever cut short. */
 export const MAX_HEADER_BYTES = 64 * 1024;
 
+/** How {@link openUpstream} reaches coderd, besides the request itself. */
+export interface OpenOptions {
+  /** The value of Upgrade when the request is an upgrade the guard tunnels. */
+  upgrade?: string;
+  /** CONNECT's authority-form target. */
+  connectTarget?: string;
+  /**
+   * Reuse warm connections of the keep-alive agent (`upstream.agent`): for ordinary
+   * requests with a body. Otherwise the request gets a connection of its own
+   * (`upstream.ownAgent`).
+   */
+  keepAlive?: boolean;
+}
+
+const NO_OPTIONS: OpenOptions = Object.freeze({});
+
 /**
- * Starts the upstream request for an incoming one on node:http, on a connection of its own:
- * same method, target and headers (less hop-by-hop ones). For requests that keep their
- * connection for good or for long (upgrades and CONNECT in tunnel.ts, `/reinit` streams in
- * hop.ts); ordinary requests go through the undici pool. The caller streams the body and
- * handles the response.
+ * Starts the upstream request for an incoming one on node:http: same method, target and
+ * headers (less hop-by-hop ones). For requests that keep their connection for good or for
+ * long (upgrades and CONNECT in tunnel.ts, `/reinit` streams in hop.ts), a connection of
+ * their own; for ordinary requests with a body, and the retry of a bodiless one (hop.ts),
+ * the keep-alive agent or a fresh connection. The caller streams the body and handles the
+ * response.
  */
-export function openUpstream(upstream: Upstream, req: IncomingMessage, framing: Framing, upgrade?: string, connectTarget?: string): http.ClientRequest {
-  const headers = upstreamRequestHeaders(req.rawHeaders, {
+export function openUpstream(upstream: Upstream, req: IncomingMessage, framing: Framing, opts: OpenOptions = NO_OPTIONS): http.ClientRequest {
+  const { upgrade, connectTarget } = opts;
+  let headers = upstreamRequestHeaders(req.rawHeaders, {
     remoteAddress: req.socket.remoteAddress,
     encrypted: Boolean((req.socket as { encrypted?: boolean }).encrypted),
     upstreamHost: upstream.hostPort,
@@ -126,6 +147,10 @@ export function openUpstream(upstream: Upstream, req: IncomingMessage, framing: 
     upgrade,
     framing,
   });
+  // Node's server already answered a client's `Expect: 100-continue` and reads the body as
+  // it comes: coderd is not asked to wait (the undici hop drops it too, so an ordinary
+  // request reaches coderd the same way on either hop). Tunnels pass it as sent.
+  if (upgrade === undefined && connectTarget === undefined) headers = headers.filter(([k]) => !isHeader(k, 'expect'));
   const upReq = upstream.request({
     protocol: upstream.url.protocol,
     hostname: upstream.url.hostname,
@@ -135,11 +160,11 @@ export function openUpstream(upstream: Upstream, req: IncomingMessage, framing: 
     path: connectTarget ?? originForm(req.url ?? '/'),
     // A flat raw array keeps order, case and repeats; Node sends it as given.
     headers: toFlat(headers) as unknown as http.OutgoingHttpHeaders,
-    // Its own connection (with the same trust settings as the pool), never reused: an
-    // upgraded or CONNECT socket leaves HTTP for good, and a /reinit stream lasts until one
-    // side ends it. Node sends `Connection: close`, which says just that. (A keep-alive
-    // agent would reuse connections only after coderd's short answers.)
-    agent: upstream.ownAgent,
+    // A connection of its own (with the same trust settings as the pool) is never reused:
+    // an upgraded or CONNECT socket leaves HTTP for good, and a /reinit stream lasts until
+    // one side ends it. Node sends `Connection: close`, which says just that. The
+    // keep-alive agent sends `Connection: keep-alive`, as the undici pool does.
+    agent: opts.keepAlive ? upstream.agent : upstream.ownAgent,
     setHost: false,
     maxHeaderSize: MAX_HEADER_BYTES,
   });
