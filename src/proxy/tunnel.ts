@@ -53,6 +53,8 @@ export function createTunnelHandler(deps: ForwardDeps) {
     // Bytes the client sent after its head (and after its body, if it announced one):
     // tunnel data, replayed once coderd accepts the upgrade.
     let early = head;
+    // Stops reading the request body off the socket (sendBody), once coderd switched.
+    let stopBody: (() => void) | null = null;
     socket.on('error', () => upReq.destroy());
     socket.once('close', () => {
       if (!answered) upReq.destroy();
@@ -61,9 +63,14 @@ export function createTunnelHandler(deps: ForwardDeps) {
     const onUpgraded = (upRes: IncomingMessage, upSocket: Duplex, upHead: Buffer) => {
       answered = true;
       noDelay(upSocket);
+      // coderd may switch before the whole body arrived: the rest of it, and the tunnel
+      // data after it, are the client's bytes in order, and go on through the splice as
+      // they are (the body so far already went up through the request, on the same socket).
+      stopBody?.();
       // The 101 head is end to end here (it carries Upgrade, Sec-WebSocket-Accept,
-      // Sec-WebSocket-Protocol/Extensions): pass it exactly as coderd sent it.
-      socket.write(rawHead(upRes.statusCode ?? 101, upRes.statusMessage ?? '', toPairs(upRes.rawHeaders)));
+      // Sec-WebSocket-Protocol/Extensions): pass it exactly as coderd sent it. Header
+      // strings are latin1, one char per byte.
+      socket.write(rawHead(upRes.statusCode ?? 101, upRes.statusMessage ?? '', toPairs(upRes.rawHeaders)), 'latin1');
       if (upHead.length) socket.write(upHead);
       if (early.length) upSocket.write(early);
       metrics.openStreams.inc({ kind: 'tunnel' });
@@ -80,7 +87,7 @@ export function createTunnelHandler(deps: ForwardDeps) {
       // Not upgraded: relay the answer, delimited by closing the connection.
       const headers = clientResponseHeaders(upRes.rawHeaders);
       headers.push(['Connection', 'close']);
-      socket.write(rawHead(upRes.statusCode ?? 502, upRes.statusMessage ?? '', headers));
+      socket.write(rawHead(upRes.statusCode ?? 502, upRes.statusMessage ?? '', headers), 'latin1');
       upRes.pipe(socket);
       upRes.once('error', () => socket.destroy());
     });
@@ -112,16 +119,24 @@ export function createTunnelHandler(deps: ForwardDeps) {
       };
       take(head);
       if (left === 0) return void upReq.end();
+      const onDrain = () => socket.resume();
       const onData = (chunk: Buffer) => {
         if (!take(chunk)) {
           socket.pause();
-          upReq.once('drain', () => socket.resume());
+          upReq.once('drain', onDrain);
         }
         if (left > 0) return;
-        socket.off('data', onData);
+        stop();
+        // Nothing more is read until coderd answers: what follows is tunnel data.
         socket.pause();
         upReq.end();
       };
+      const stop = () => {
+        stopBody = null;
+        socket.off('data', onData);
+        upReq.off('drain', onDrain);
+      };
+      stopBody = stop;
       socket.on('data', onData);
     }
   };
