@@ -6,6 +6,7 @@ import type { Config } from '../config/index.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import { refusal } from '../proxy/admission.js';
+import { answerInstead, serialiseRequests, serialiseUpgrades, whenIdle } from '../proxy/pipeline.js';
 import { rawCoderError } from '../proxy/errors.js';
 import { logPath } from '../proxy/target.js';
 import { createTunnelHandler } from '../proxy/tunnel.js';
@@ -83,11 +84,12 @@ export async function startProxyServer(
   };
   /**
    * A request Node's parser refuses. Like Node's own handler, a response already on its way
-   * for an earlier request on the connection is never corrupted: it finishes first, then
-   * the refusal is sent and the connection closed (nginx answers pipelined garbage the
-   * same way). An error inside the body of the request being answered ends that request.
-   * Data after an HTTP/1.0 request that asked to close the connection
-   * (HPE_CLOSED_CONNECTION) is ignored: the connection closes after that response.
+   * for an earlier request on the connection is never corrupted: every request parsed
+   * before the bad bytes is answered first, then the refusal is sent and the connection
+   * closed (nginx answers pipelined garbage the same way). An error inside the body of a
+   * request ends that request: it can never be completed, so it is never forwarded if it
+   * is still waiting for its turn. Data after an HTTP/1.0 request that asked to close the
+   * connection (HPE_CLOSED_CONNECTION) is ignored: the connection closes after that response.
    */
   const onClientError = (err: NodeJS.ErrnoException, socket: Duplex) => {
     log.debug('client error', { code: err.code ?? null });
@@ -96,26 +98,23 @@ export async function startProxyServer(
       : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout'
       : '400 Bad Request';
     const refuse = () => (socket.writable ? socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`) : socket.destroy());
-    const inflight = (socket as { _httpMessage?: http.ServerResponse | null })._httpMessage;
-    if (!inflight || inflight.writableFinished) {
-      if (err.code === 'HPE_CLOSED_CONNECTION') socket.end();
-      else refuse();
-      return;
-    }
-    if (!inflight.req.complete) {
-      // The error is inside this request's own body (a bad chunk): it cannot be completed.
+    // The request the parser was reading when it failed.
+    const parsing = (socket as { parser?: { incoming?: http.IncomingMessage | null } | null }).parser?.incoming;
+    if (parsing && !parsing.complete) {
+      const inflight = (socket as { _httpMessage?: http.ServerResponse | null })._httpMessage;
       // Closing the connection releases its upstream request.
-      return inflight.headersSent ? socket.destroy() : refuse();
+      if (inflight?.req === parsing) return inflight.headersSent ? socket.destroy() : refuse();
+      return answerInstead(parsing, refuse);
     }
-    inflight.once('close', () => {
-      if (!inflight.writableFinished) socket.destroy();
-      else if (err.code === 'HPE_CLOSED_CONNECTION') socket.end();
-      else refuse();
-    });
+    whenIdle(socket, () => (err.code === 'HPE_CLOSED_CONNECTION' ? socket.end() : refuse()));
   };
+  // One request in flight upstream per client connection (pipeline.ts); requests served as
+  // plain on the upgrade path are past that queue already, so they get the bare listener.
+  const requests = serialiseRequests(listener);
+  const upgrades = serialiseUpgrades(onUpgrade);
   const wire = <S extends http.Server>(server: S): S => {
-    server.on('upgrade', onUpgrade);
-    server.on('connect', onUpgrade);
+    server.on('upgrade', upgrades);
+    server.on('connect', upgrades);
     server.on('clientError', onClientError);
     // Node keeps only the first ~1,000 header lines by default and drops the rest silently
     // (a Content-Length among them): a different request would be forwarded. Header bytes
@@ -131,7 +130,7 @@ export async function startProxyServer(
       socket.once('close', () => clients--);
     });
   const sockets = listenSockets(config.listenBacklog);
-  const plain = await listenAll(() => countClients(wire(http.createServer(serverOptions, listener))), config.listen.host, config.listen.port, config.listenBacklog, sockets);
+  const plain = await listenAll(() => countClients(wire(http.createServer(serverOptions, requests))), config.listen.host, config.listen.port, config.listenBacklog, sockets);
   servers.push(...plain.servers);
   const address = plain.address;
   metrics.connectionSources = {
@@ -142,7 +141,7 @@ export async function startProxyServer(
   if (config.tlsListen && config.tlsCert && config.tlsKey) {
     // Same handler, same tunnel: a client that reached coderd on 443 sees the same guard.
     const { tlsCert: cert, tlsKey: key } = config;
-    const tls = await listenAll(() => countClients(wire(https.createServer({ ...serverOptions, cert, key }, listener))), config.tlsListen.host, config.tlsListen.port, config.listenBacklog, sockets);
+    const tls = await listenAll(() => countClients(wire(https.createServer({ ...serverOptions, cert, key }, requests))), config.tlsListen.host, config.tlsListen.port, config.listenBacklog, sockets);
     servers.push(...tls.servers);
     tlsAddress = tls.address;
   }
