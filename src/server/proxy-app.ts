@@ -2,8 +2,7 @@ import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http
 import { Hono } from 'hono';
 import type { HttpBindings } from '@hono/node-server';
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
-import { refusal } from '../proxy/admission.js';
-import { writeCoderError } from '../proxy/errors.js';
+import { refusal, writeRefusal } from '../proxy/admission.js';
 import { failRequest, forward, type ForwardDeps } from '../proxy/forward.js';
 import { logPath } from '../proxy/target.js';
 import { createReinitHandler, type ReinitDeps } from '../reinit/handler.js';
@@ -56,7 +55,7 @@ export function createProxyListener(deps: ProxyAppDeps): RequestListener {
     if (refused) {
       deps.metrics.refused.inc({ reason: refused.reason });
       deps.log.info('request refused', { reason: refused.reason, method: req.method ?? '', path: logPath(req.url) });
-      writeCoderError(res, refused.status, refused.body, true);
+      writeRefusal(res, refused);
     } else if (req.url === '*' && req.method === 'OPTIONS') {
       // Go's server answers `OPTIONS *` itself, before any handler: so does the guard.
       res.writeHead(200, { 'Content-Length': '0' }).end();

@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 import type { Config } from '../config/index.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
-import { refusal } from '../proxy/admission.js';
+import { rawRefusal, refusal, unparsedVersionRefusal, type CoderRefusal } from '../proxy/admission.js';
 import { answerInstead, serialiseRequests, serialiseUpgrades, whenIdle } from '../proxy/pipeline.js';
 import { rawCoderError } from '../proxy/errors.js';
 import { logPath } from '../proxy/target.js';
@@ -21,9 +21,9 @@ import { createProxyListener } from './proxy-app.js';
  * which Node's parser no longer does for an upgrade request. Refused rather than guessed;
  * clients never send one (a Content-Length body is forwarded).
  */
-const CHUNKED_UPGRADE = {
+const CHUNKED_UPGRADE: CoderRefusal = {
   status: 400,
-  reason: 'chunked_upgrade' as const,
+  reason: 'chunked_upgrade',
   body: { message: 'Bad Request.', detail: 'An upgrade request cannot carry a chunked body through coder-reinit-guard.' },
 };
 
@@ -73,7 +73,7 @@ export async function startProxyServer(
       if (refused) {
         metrics.refused.inc({ reason: refused.reason });
         log.info('request refused', { reason: refused.reason, method: req.method ?? '', path: logPath(req.url) });
-        socket.end(rawCoderError(refused.status, http.STATUS_CODES[refused.status] ?? '', refused.body));
+        socket.end(rawRefusal(refused));
       } else if (isReinitRoute(req.method, req.url ?? '')) serveAsPlainRequest(listener, req, socket);
       else tunnel(req, socket, head);
     } catch (err) {
@@ -97,7 +97,15 @@ export async function startProxyServer(
       err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large'
       : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout'
       : '400 Bad Request';
-    const refuse = () => (socket.writable ? socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`) : socket.destroy());
+    // A version Node's parser refuses and Go would parse (`HTTP/3.0`): Go's 505, as coderd.
+    const { rawPacket, bytesParsed } = err as { rawPacket?: Buffer; bytesParsed?: number };
+    const version = err.code === 'HPE_INVALID_VERSION' ? unparsedVersionRefusal(rawPacket, bytesParsed) : null;
+    if (version) {
+      metrics.refused.inc({ reason: version.reason });
+      log.info('request refused', { reason: version.reason });
+    }
+    const answer = version ? rawRefusal(version) : `HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`;
+    const refuse = () => (socket.writable ? socket.end(answer) : socket.destroy());
     // The request the parser was reading when it failed.
     const parsing = (socket as { parser?: { incoming?: http.IncomingMessage | null } | null }).parser?.incoming;
     if (parsing && !parsing.complete) {
