@@ -3,6 +3,7 @@ import {
   appendForwarded,
   clientResponseHeaders,
   ensureHost,
+  hostFromTarget,
   restateFraming,
   restateUpgrade,
   stripConnectionListed,
@@ -87,5 +88,26 @@ describe('response passes', () => {
 
   it('never drop Content-Length, even when Connection lists it', () => {
     expect(clientResponseHeaders(['Connection', 'Content-Length', 'Content-Length', '2'])).toEqual(h(['Content-Length', '2']));
+  });
+});
+
+describe('hostFromTarget (RFC 9112 §3.2.2)', () => {
+  it.each<[string, string, string[], string[]]>([
+    ['an absolute-form target replaces Host', 'http://coder.example/api/v2/x', ['Host', 'other.example', 'Accept', '*/*'], ['Host', 'coder.example', 'Accept', '*/*']],
+    ['userinfo is dropped, the port kept, the name case kept', 'https://user:pw@Coder.Example:8443/x?y=1', ['host', 'other'], ['host', 'Coder.Example:8443']],
+    ['HTTP/1.0 without Host gets one', 'http://coder.example/x', ['Accept', '*/*'], ['Accept', '*/*', 'Host', 'coder.example']],
+    ['an empty authority keeps Host (as Go does)', 'http:///x', ['Host', 'h'], ['Host', 'h']],
+    ['origin form keeps Host verbatim', '/api/v2/x', ['Host', 'Other.Example:80'], ['Host', 'Other.Example:80']],
+    ['authority form (CONNECT) keeps Host verbatim', 'coder.example:443', ['Host', 'h:443'], ['Host', 'h:443']],
+    ['asterisk form keeps Host verbatim', '*', ['Host', 'h'], ['Host', 'h']],
+  ])('%s', (_name, target, raw, want) => {
+    expect(hostFromTarget(raw, target)).toEqual(want);
+  });
+
+  it('leaves the client\'s array alone, and returns it as is when nothing changes', () => {
+    const raw = ['Host', 'other'];
+    expect(hostFromTarget(raw, 'http://coder/x')).not.toBe(raw);
+    expect(raw).toEqual(['Host', 'other']);
+    expect(hostFromTarget(raw, '/x')).toBe(raw);
   });
 });

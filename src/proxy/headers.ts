@@ -5,6 +5,8 @@
  * and unusual casing reach the other side exactly as sent.
  */
 
+import { targetAuthority } from './target.js';
+
 /** One header line, name as received. */
 export type HeaderPair = readonly [name: string, value: string];
 
@@ -178,6 +180,28 @@ export const requestPasses: readonly RequestPass[] = [
 
 /** The response passes, in order. */
 export const responsePasses: readonly ResponsePass[] = [stripConnectionListed, stripHopByHop];
+
+/**
+ * The raw headers of a request whose target is in absolute form
+ * (`GET http://coder.example/x`), with Host set to the target's authority: RFC 9112 §3.2.2
+ * has the recipient ignore the Host line and a proxy generate Host from the target, and Go
+ * (coderd) sets `r.Host` from it. Every Host line gets the authority in place (a request
+ * with two is refused anyway), and one is added when the client sent none (HTTP/1.0).
+ * Any other target returns `rawHeaders` itself: Host is then forwarded verbatim.
+ */
+export function hostFromTarget(rawHeaders: string[], target: string): string[] {
+  const authority = targetAuthority(target);
+  if (authority === null) return rawHeaders;
+  const out = rawHeaders.slice();
+  let found = false;
+  for (let i = 0; i + 1 < out.length; i += 2) {
+    if (!isHeader(out[i] as string, 'host')) continue;
+    out[i + 1] = authority;
+    found = true;
+  }
+  if (!found) out.push('Host', authority);
+  return out;
+}
 
 /** Builds the headers the guard sends upstream for a request. */
 export function upstreamRequestHeaders(rawHeaders: readonly string[], ctx: RequestContext): HeaderPair[] {

@@ -24,6 +24,23 @@ export function originForm(target: string): string {
   return rest.startsWith('/') ? rest : `/${rest}`;
 }
 
+/**
+ * The authority of an absolute-form target, without userinfo (`coder.example:8443`), as Go
+ * sets `r.Host` from it; null for any other form, or when the authority is empty (Go then
+ * keeps the Host header).
+ *
+ * @example
+ * targetAuthority('http://user:pw@coder.example:8443/x') // => 'coder.example:8443'
+ */
+export function targetAuthority(target: string): string | null {
+  if (target.charCodeAt(0) === 0x2f) return null; // origin form, the common case
+  const m = ABSOLUTE_FORM.exec(target);
+  if (!m) return null;
+  const authority = m[0].slice(m[0].indexOf('//') + 2);
+  const host = authority.slice(authority.lastIndexOf('@') + 1);
+  return host === '' ? null : host;
+}
+
 const HEX = /^[0-9A-Fa-f]{2}$/;
 
 /**

@@ -4,6 +4,7 @@ import type { HttpBindings } from '@hono/node-server';
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
 import { refusal, writeRefusal } from '../proxy/admission.js';
 import { failRequest, forward, type ForwardDeps } from '../proxy/forward.js';
+import { hostFromTarget } from '../proxy/headers.js';
 import { logPath } from '../proxy/target.js';
 import { createReinitHandler, type ReinitDeps } from '../reinit/handler.js';
 import { isReinitRoute, isReinitWait, REINIT_PATH } from '../reinit/wait.js';
@@ -56,7 +57,12 @@ export function createProxyListener(deps: ProxyAppDeps): RequestListener {
       deps.metrics.refused.inc({ reason: refused.reason });
       deps.log.info('request refused', { reason: refused.reason, method: req.method ?? '', path: logPath(req.url) });
       writeRefusal(res, refused);
-    } else if (req.url === '*' && req.method === 'OPTIONS') {
+      return;
+    }
+    // An absolute-form target names the Host coderd sees (hostFromTarget): every path
+    // from here (forward, /reinit) builds coderd's headers from the raw ones.
+    req.rawHeaders = hostFromTarget(req.rawHeaders, req.url ?? '');
+    if (req.url === '*' && req.method === 'OPTIONS') {
       // Go's server answers `OPTIONS *` itself, before any handler: so does the guard.
       res.writeHead(200, { 'Content-Length': '0' }).end();
     } else if (app && !retired() && isReinitRoute(req.method, req.url ?? '')) {

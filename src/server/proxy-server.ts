@@ -8,6 +8,7 @@ import type { Metrics } from '../observability/metrics.js';
 import { rawRefusal, refusal, unparsedVersionRefusal, type CoderRefusal } from '../proxy/admission.js';
 import { answerInstead, serialiseRequests, serialiseUpgrades, whenIdle } from '../proxy/pipeline.js';
 import { rawCoderError } from '../proxy/errors.js';
+import { hostFromTarget } from '../proxy/headers.js';
 import { logPath } from '../proxy/target.js';
 import { createTunnelHandler } from '../proxy/tunnel.js';
 import { isReinitRoute } from '../reinit/wait.js';
@@ -74,7 +75,11 @@ export async function startProxyServer(
         metrics.refused.inc({ reason: refused.reason });
         log.info('request refused', { reason: refused.reason, method: req.method ?? '', path: logPath(req.url) });
         socket.end(rawRefusal(refused));
-      } else if (isReinitRoute(req.method, req.url ?? '')) serveAsPlainRequest(listener, req, socket);
+        return;
+      }
+      // An absolute-form target names the Host coderd sees, tunnelled or not (hostFromTarget).
+      req.rawHeaders = hostFromTarget(req.rawHeaders, req.url ?? '');
+      if (isReinitRoute(req.method, req.url ?? '')) serveAsPlainRequest(listener, req, socket);
       else tunnel(req, socket, head);
     } catch (err) {
       metrics.internalErrors.inc({ where: 'upgrade' });

@@ -68,7 +68,7 @@ export const CORPUS: Case[] = [
   { name: 'HTTP/1.0 without keep-alive', bytes: 'GET /a HTTP/1.0\r\nHost: h\r\n\r\nGET /b HTTP/1.0\r\nHost: h\r\n\r\n', guard: [200] },
   { name: 'Expect: 100-continue', bytes: 'POST /a HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc', guard: [100, 200] },
   // Targets
-  { name: 'absolute form', bytes: 'GET http://elsewhere.example/a?b=1 HTTP/1.1\r\nHost: h\r\n\r\n', guard: [200] },
+  { name: 'absolute form', bytes: 'GET http://elsewhere.example/a?b=1 HTTP/1.1\r\nHost: h\r\n\r\n', guard: [200], differs: "the target's authority is the Host coderd sees (RFC 9112 §3.2.2; Go sets r.Host from it): the guard forwards Host: elsewhere.example; nginx, told to pass $http_host, forwards the Host line" },
   { name: 'absolute form with userinfo', bytes: 'GET http://user:SECRET@elsewhere.example/a HTTP/1.1\r\nHost: h\r\n\r\n', guard: [200], differs: 'Go accepts userinfo in an absolute-form target; the guard strips scheme, authority and userinfo and forwards the path; nginx answers 400' },
   { name: 'asterisk form', bytes: 'OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n', guard: [200], differs: 'OPTIONS * is valid HTTP (RFC 9112 §3.2.4): Go answers it itself (200, no body) before any handler, and so does the guard; nginx answers 400' },
   { name: 'CONNECT', bytes: 'CONNECT coder.example.com:443 HTTP/1.1\r\nHost: coder.example.com:443\r\n\r\n', guard: [200], differs: 'nginx does not proxy CONNECT; the guard tunnels it to coderd (workspace apps take CONNECT)' },
