@@ -73,8 +73,13 @@ export function endResponse(res: ServerResponse, rawTrailers: string[], trailers
  */
 export function cutConnection(res: ServerResponse): void {
   const socket = res.socket;
-  if (socket && !socket.destroyed) socket.destroySoon();
-  else res.destroy();
+  if (!socket || socket.destroyed) return void res.destroy();
+  // What was just written may still sit in the response: Node 24 and later hand it to the
+  // socket only after the current tick, and ending the socket first loses the head and the
+  // bytes (the client sees "socket hang up"). After the pending ticks, end it once flushed.
+  setImmediate(() => {
+    if (!socket.destroyed) socket.destroySoon();
+  });
 }
 
 /**
