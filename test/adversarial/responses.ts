@@ -1,6 +1,7 @@
 /**
  * A seeded generator of odd upstream responses: status lines, reason phrases, framing
- * conflicts, trailers, 1xx and 101, bodies where none may be. The same seed always gives
+ * conflicts, trailers, 1xx (valid and malformed) and 101, bodies where none may be, and
+ * bodiless statuses that keep their framing headers. The same seed always gives
  * the same cases, so a failure names a case that can be replayed.
  */
 
@@ -42,6 +43,25 @@ const HEADERS = [
 const BAD_HEADERS = ['X-Del: a\x7fb', 'Bad Name: v', 'X-Nul: a\x00b', 'X-Fold: a\r\n b', ' X-Lead: v', 'X-Ctl: a\x01b'] as const;
 const FRAMINGS = ['length', 'length', 'length', 'chunked', 'chunked', 'chunked', 'none', 'none', 'short_length', 'long_length', 'dup_length', 'two_lengths', 'bad_length', 'chunked_and_length', 'bad_chunk', 'gzip_chunked'] as const;
 
+/**
+ * Interim (1xx) responses coderd may send before its final one: valid ones (an unsolicited
+ * 100, 102, 103 with an ordinary, an odd or two Link lines, two 103s) and malformed ones (a
+ * header line without a colon, a control byte, an HTTP/1.0 status line, bytes after a 1xx
+ * that are no response).
+ */
+const INTERIMS: ReadonlyArray<{ name: string; bytes: string; valid: boolean }> = [
+  { name: '100', bytes: 'HTTP/1.1 100 Continue\r\n\r\n', valid: true },
+  { name: '102', bytes: 'HTTP/1.1 102 Processing\r\n\r\n', valid: true },
+  { name: '103', bytes: 'HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n', valid: true },
+  { name: '103-odd-link', bytes: 'HTTP/1.1 103 Early Hints\r\nLink: preload-me\r\n\r\n', valid: true },
+  { name: '103-two-links', bytes: 'HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nX-A: 1\r\nLink: </b.js>; rel=preload\r\n\r\n', valid: true },
+  { name: '103x2', bytes: 'HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </b.js>\r\n\r\n', valid: true },
+  { name: '1xx-no-colon', bytes: 'HTTP/1.1 103 Early Hints\r\nLink </a.css>\r\n\r\n', valid: false },
+  { name: '1xx-ctl', bytes: 'HTTP/1.1 103 Early Hints\r\nX-Ctl: a\x01b\r\n\r\n', valid: false },
+  { name: '1xx-http10', bytes: 'HTTP/1.0 103 Early Hints\r\nLink: </a.css>\r\n\r\n', valid: false },
+  { name: '1xx-stray-bytes', bytes: 'HTTP/1.1 103 Early Hints\r\nContent-Length: 3\r\n\r\nabc', valid: false },
+];
+
 /** One generated response and a description of how it was made. */
 export interface GeneratedResponse {
   name: string;
@@ -56,6 +76,8 @@ export interface GeneratedResponse {
   hasBody: boolean;
   /** No Content-Length or chunked framing: the body ends when the connection does. */
   closeDelimited: boolean;
+  /** The 1xx responses before the final one, as sent (empty if none). */
+  interim: string;
 }
 
 const chunked = (body: string, trailers: string) => `${body.length ? `${body.length.toString(16)}\r\n${body}\r\n` : ''}0\r\n${trailers}\r\n`;
@@ -67,11 +89,17 @@ const chunked = (body: string, trailers: string) => `${body.length ? `${body.len
 export function generateResponse(rnd: () => number, forHead = false): GeneratedResponse {
   const parts: string[] = [];
   let head = '';
-  if (rnd() < 0.15) {
-    const info = pick(rnd, [100, 102, 103]);
-    head += `HTTP/1.1 ${info} Info\r\n${info === 103 ? 'Link: </a.css>; rel=preload\r\n' : ''}\r\n`;
-    parts.push(`${info}`);
+  let interimValid = true;
+  if (rnd() < 0.2) {
+    // Mostly valid ones: a malformed 1xx spoils its whole response, and the happy path must
+    // stay well exercised.
+    const wantValid = rnd() < 0.75;
+    const info = pick(rnd, INTERIMS.filter((x) => x.valid === wantValid));
+    head += info.bytes;
+    interimValid = info.valid;
+    parts.push(info.name);
   }
+  const interim = head;
   const version = pick(rnd, VERSIONS);
   const status = pick(rnd, STATUSES);
   const reason = pick(rnd, REASONS);
@@ -132,14 +160,18 @@ export function generateResponse(rnd: () => number, forHead = false): GeneratedR
       break;
   }
   if (forHead && rnd() < 0.8) tail = '';
+  // A 204 or 304 keeps its framing headers without a body, as a correct server sends one
+  // (a 304 carries the Content-Length of what a 200 would have sent, RFC 9110 §8.6).
+  else if ((status === 204 || status === 304) && rnd() < 0.6) tail = '';
   head += `${version} ${String(status).padStart(3, '0')} ${reason}\r\n${headers.map((h) => `${h}\r\n`).join('')}\r\n`;
   const hasBody = tail.length > 0;
   const valid =
+    interimValid &&
     (version === 'HTTP/1.1' || (version === 'HTTP/1.0' && framing !== 'chunked')) &&
     status >= 200 && status <= 599 && // RFC 9110 §15: 100-599 are the valid codes
     !/[\x00-\x08\x0a-\x1f\x7f]/.test(reason) &&
     !headers.some((h) => (BAD_HEADERS as readonly string[]).includes(h)) &&
     (framing === 'length' || framing === 'chunked' || framing === 'none') &&
     !((status === 204 || status === 304) && hasBody);
-  return { name: parts.join(' '), bytes: Buffer.from(head + tail, 'latin1'), valid, hasBody, closeDelimited: framing === 'none' };
+  return { name: parts.join(' '), bytes: Buffer.from(head + tail, 'latin1'), valid, hasBody, closeDelimited: framing === 'none', interim };
 }

@@ -2,18 +2,21 @@ import http from 'node:http';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../../testkit/pg.js';
+import { readMessages, type Message } from '../../testkit/http-messages.js';
 import { startScriptedUpstream, type ScriptedUpstream } from '../../testkit/scripted-upstream.js';
 import { startGuardProcess, type GuardProcess } from '../support/guard-process.js';
 import { generateResponse, prng, type GeneratedResponse } from './responses.js';
 
 /**
  * Seeded, bounded fuzzing of what coderd can answer. Odd responses (status lines, reason
- * phrases, framing conflicts, trailers, 1xx, 101, bodies on HEAD/204/304) are paired with
+ * phrases, framing conflicts, trailers, 1xx valid and malformed, 101, bodies on
+ * HEAD/204/304, and their framing headers without a body) are paired with
  * client variants (HTTP/1.1 keep-alive, HTTP/1.0, HEAD, an inspected /reinit). The guard
  * runs as its own process: it must survive every case; each client gets a faithful relay
  * (coderd's status and body, as Node's own client reads coderd directly), a 502, or a
- * closed connection; a response that is plainly valid must be relayed faithfully; and the
- * next request on a fresh connection must work.
+ * closed connection; a response that is plainly valid must be relayed faithfully, with its
+ * 1xx (but 100) as sent; no 1xx reaches an HTTP/1.0 client; and the next request on a fresh
+ * connection must work.
  */
 const SEED = Number(process.env.FUZZ_SEED ?? 20261128);
 const CASES = Number(process.env.FUZZ_CASES ?? 240);
@@ -24,6 +27,8 @@ interface Seen {
   status: number | null;
   body: Buffer;
   complete: boolean;
+  /** Everything the client received (the guard's answers only). */
+  raw?: Buffer;
 }
 
 /** Reads one response (skipping 1xx) from a raw byte stream, or says it is incomplete. */
@@ -81,7 +86,7 @@ function ask(port: number, request: string, head: boolean): Promise<Seen> {
       settled = true;
       clearTimeout(timer);
       socket.destroy();
-      resolve(seen);
+      resolve({ ...seen, raw: Buffer.concat(chunks) });
     };
     const timer = setTimeout(() => settle(true), 2000);
     socket.on('data', (c: Buffer) => {
@@ -129,6 +134,16 @@ function direct(url: string, method: string): Promise<Seen | 'error'> {
  */
 function plainlyValid(r: GeneratedResponse, variant: Variant): boolean {
   return r.valid && !(variant === 'HEAD/1.1' && r.hasBody);
+}
+
+/** The 1xx responses at the start of `raw`, as a client reads them (status, reason, header lines). */
+function interims(raw: Buffer): Array<Pick<Message, 'status' | 'reason' | 'headers'>> {
+  const out: Array<Pick<Message, 'status' | 'reason' | 'headers'>> = [];
+  for (const m of readMessages(raw, [])) {
+    if (!m.interim) break;
+    out.push({ status: m.status, reason: m.reason, headers: m.headers });
+  }
+  return out;
 }
 
 let upstream: ScriptedUpstream;
@@ -183,6 +198,14 @@ describe(`upstream responses, seed ${SEED}, ${CASES} cases`, () => {
       const label = `#${i} ${variant} [${response.name}] -> ${seen.status}${seen.complete ? '' : ' (cut)'}, direct ${oracle === 'error' ? 'error' : `${oracle.status}${oracle.complete ? '' : ' (cut)'}`}`;
       if (!(sameHead && sameBody) && !is502 && !closedBeforeHead) failures.push(`unfaithful: ${label}`);
       if (plainlyValid(response, variant) && !isFaithful) failures.push(`valid response not relayed faithfully: ${label}`);
+      // 1xx: never to an HTTP/1.0 client (RFC 9110 §15.2); to others, before a valid final
+      // response, coderd's as sent, less 100 Continue (hop-by-hop).
+      const relayed = interims(seen.raw ?? Buffer.alloc(0));
+      if (version === '1.0' && relayed.length) failures.push(`1xx sent to an HTTP/1.0 client: ${label}`);
+      const sent = interims(Buffer.from(response.interim, 'latin1')).filter((m) => m.status !== 100);
+      if (version !== '1.0' && plainlyValid(response, variant) && JSON.stringify(relayed) !== JSON.stringify(sent)) {
+        failures.push(`1xx not relayed as sent: ${label}: ${JSON.stringify(relayed)}`);
+      }
       // After an odd answer the upstream drops the connection shortly: check on a fresh
       // one (a request racing coderd's close fails behind any proxy).
       if (!plainlyValid(response, variant) || response.closeDelimited) await new Promise((r) => setTimeout(r, 60));
