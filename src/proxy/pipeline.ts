@@ -17,10 +17,16 @@ import type { Duplex } from 'node:stream';
  * once every earlier response on it is finished (`res.socket` is null until then, and the
  * `socket` event says when). A request is forwarded when its response holds the socket:
  * on arrival when nothing is ahead of it (the common case, which costs one property
- * read), else when its turn comes. While requests wait, the socket is not read, so the
- * parser stops producing requests and the guard's memory stays flat whatever the client
- * sends; reading resumes once the last waiting request is on its way. A request whose
- * client left before its turn is never forwarded: its response never gets the socket.
+ * read), else when its turn comes. A request whose client left before its turn is never
+ * forwarded: its response never gets the socket.
+ *
+ * Once {@link PAUSE_AFTER} requests wait, the socket is no longer read, so the parser stops
+ * producing requests and the guard's memory stays flat whatever the client sends (one
+ * read, at most 64 KiB, can still hold a few thousand small requests); reading resumes
+ * once the last waiting request is on its way. Below that depth the socket is still read,
+ * and only so does the guard see a client leave (its FIN or reset) while an answer is under
+ * way: the request in flight is released at once and the waiting ones are dropped. (A
+ * client pipelining deeper is noticed at the next byte written to it.)
  *
  * Upgrades and CONNECT do not take part in that queue (Node emits them at once, without a
  * response), so {@link serialiseUpgrades} holds them until the connection is idle.
@@ -37,6 +43,13 @@ interface Lane {
   /** Whether the connection left HTTP (an upgrade or CONNECT took it): never read it again here. */
   upgraded: boolean;
 }
+
+/**
+ * How many requests may wait on a connection before the pipeline stops reading it. Real
+ * clients pipeline a handful at most (most never do): they are read on, and their leaving
+ * seen at once.
+ */
+export const PAUSE_AFTER = 32;
 
 const LANE = Symbol('pipeline lane');
 /** Set on a waiting request that must not be forwarded; run instead when its turn comes. */
@@ -96,8 +109,7 @@ export function serialiseRequests(listener: RequestListener): RequestListener {
     if (res.socket !== null) return void listener(req, res);
     const socket = req.socket as LanedSocket;
     const lane = laneOf(socket);
-    lane.waiting++;
-    pause(socket, lane);
+    if (++lane.waiting >= PAUSE_AFTER) pause(socket, lane);
     res.once('socket', () => turn(req, res, socket, lane));
   };
 }

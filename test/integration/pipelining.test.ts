@@ -146,6 +146,15 @@ describe('pipelined requests on one connection', () => {
     expect(upstream.events).toEqual(['arrive GET /watch/1', 'abandon GET /watch/1']);
   });
 
+  it('a client that leaves while its first request is answered: the waiting ones never go', async () => {
+    const client = connect(get('/hold/200/a') + get('/b') + get('/c'));
+    await waitFor(() => upstream.arrived.length > 0, 10_000, 'the first request upstream');
+    client.socket.destroy();
+    await waitFor(() => upstream.open === 0, 10_000, 'no request left open upstream');
+    await waitFor(async () => (await guard.metric('coder_reinit_guard_upstream_inflight_requests')) === 0, 10_000, 'nothing in flight in the guard');
+    expect(upstream.arrived).toEqual(['/hold/200/a']);
+  });
+
   it('pipelined unsafe requests reach coderd one after the other: DELETE only once PUT was answered', async () => {
     const client = connect('PUT /hold/150/1 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabcDELETE /2 HTTP/1.1\r\nHost: h\r\n\r\n');
     const got = await client.until((s) => count(s, ';') >= 2, 'two answers');
