@@ -1,5 +1,5 @@
 import type { ClientRequest, IncomingMessage } from 'node:http';
-import type { Duplex } from 'node:stream';
+import type { Duplex, Writable } from 'node:stream';
 import type { Socket } from 'node:net';
 import { classifyUpstreamError, rawCoderError, upstreamFailure } from './errors.js';
 import type { ForwardDeps } from './forward.js';
@@ -53,8 +53,9 @@ export function createTunnelHandler(deps: ForwardDeps) {
     // Bytes the client sent after its head (and after its body, if it announced one):
     // tunnel data, replayed once coderd accepts the upgrade.
     let early = head;
-    // Stops reading the request body off the socket (sendBody), once coderd switched.
-    let stopBody: (() => void) | null = null;
+    // Stops reading the request body off the socket (sendBody), once coderd switched; the
+    // rest of a body Node parsed itself goes straight to coderd's socket (sendParsedBody).
+    let stopBody: ((upSocket: Duplex) => void) | null = null;
     socket.on('error', () => upReq.destroy());
     socket.once('close', () => {
       if (!answered) upReq.destroy();
@@ -66,7 +67,7 @@ export function createTunnelHandler(deps: ForwardDeps) {
       // coderd may switch before the whole body arrived: the rest of it, and the tunnel
       // data after it, are the client's bytes in order, and go on through the splice as
       // they are (the body so far already went up through the request, on the same socket).
-      stopBody?.();
+      stopBody?.(upSocket);
       // The 101 head is end to end here (it carries Upgrade, Sec-WebSocket-Accept,
       // Sec-WebSocket-Protocol/Extensions): pass it exactly as coderd sent it. Header
       // strings are latin1, one char per byte.
@@ -101,8 +102,34 @@ export function createTunnelHandler(deps: ForwardDeps) {
       const { status, body } = upstreamFailure(kind, err);
       socket.end(rawCoderError(status, status === 504 ? 'Gateway Timeout' : 'Bad Gateway', body));
     });
-    if (framing.kind === 'length') sendBody(Number(framing.length));
-    else upReq.end();
+    if (framing.kind !== 'length') upReq.end();
+    else if (req.readableLength > 0 || !req.complete) sendParsedBody();
+    else sendBody(Number(framing.length));
+
+    /**
+     * Node 26 parses an upgrade request's Content-Length body itself and hands it over on
+     * `req` (Node 20 and 24 stop at the head): the socket then carries only what follows the
+     * body, so `head` is tunnel data already. Once coderd switched, the rest of the body goes
+     * to its socket as it is, before any tunnel data (the parser emits the body first).
+     */
+    function sendParsedBody(): void {
+      early = head;
+      let target: Writable = upReq;
+      const onData = (chunk: Buffer) => {
+        if (!target.write(chunk)) {
+          req.pause();
+          target.once('drain', () => req.resume());
+        }
+      };
+      req.on('data', onData);
+      req.once('end', () => {
+        if (target === upReq) upReq.end();
+      });
+      stopBody = (upSocket) => {
+        stopBody = null;
+        target = upSocket;
+      };
+    }
 
     /**
      * An upgrade request with a Content-Length body (curl's h2c upgrade on a POST): the body
