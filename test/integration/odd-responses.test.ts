@@ -159,6 +159,19 @@ describe('1xx interim responses', () => {
   });
 });
 
+describe('targets no hop sends', () => {
+  it.each([
+    ['GET *', 'GET * HTTP/1.1\r\nHost: h\r\n\r\n'],
+    ['POST * with a body (node:http would send it)', 'POST * HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc'],
+  ])('%s: 400 in coderd shape, never forwarded', async (_name, request) => {
+    const seen = upstream.requests.length;
+    const c = await converse(port, [request]);
+    expect(c.messages.map((m) => m.status)).toEqual([400]);
+    expect(JSON.parse(c.messages[0]!.body.toString())).toMatchObject({ message: 'Bad Request.' });
+    expect(upstream.requests.slice(seen).filter((r) => r.target === '*')).toEqual([]);
+  });
+});
+
 describe('a request caught by coderd closing its keep-alive connection', () => {
   /** Warms the pool with an idle keep-alive connection, then sends `path` on it. */
   async function onWarmConnection(requests: string[]) {
