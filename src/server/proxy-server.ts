@@ -95,6 +95,7 @@ export async function startProxyServer(
    * request ends that request: it can never be completed, so it is never forwarded if it
    * is still waiting for its turn. Data after an HTTP/1.0 request that asked to close the
    * connection (HPE_CLOSED_CONNECTION) is ignored: the connection closes after that response.
+   * A client that ends its side mid-request (HPE_INVALID_EOF_STATE) has left.
    */
   const onClientError = (err: NodeJS.ErrnoException, socket: Duplex) => {
     log.debug('client error', { code: err.code ?? null });
@@ -111,6 +112,10 @@ export async function startProxyServer(
     }
     const answer = version ? rawRefusal(version) : `HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`;
     const refuse = () => (socket.writable ? socket.end(answer) : socket.destroy());
+    // The client ended its side in the middle of a request: it left, as on a FIN between
+    // requests, where Node ends the connection at once. The request in flight is released
+    // when the connection closes, the waiting ones are dropped, never forwarded.
+    if (err.code === 'HPE_INVALID_EOF_STATE') return void socket.end();
     // The request the parser was reading when it failed.
     const parsing = (socket as { parser?: { incoming?: http.IncomingMessage | null } | null }).parser?.incoming;
     if (parsing && !parsing.complete) {
