@@ -46,6 +46,12 @@ export interface StormRow {
   maxUpstreamOverClients?: number;
   maxClientConnections?: number;
   maxUpstreamConnections?: number;
+  /** Peaks of V8's heap (total, used) and of memory outside it, from the guard's metrics. */
+  maxHeapTotalMiB?: number;
+  maxHeapUsedMiB?: number;
+  maxExternalMiB?: number;
+  /** The error codes of the guard's failed upstream requests during the storm (its log). */
+  upstreamErrorCodes?: Record<string, number>;
   /** Deepest accept queue seen on the guard's listener and on the stand-in's (ss Recv-Q). */
   maxGuardAcceptQueue?: number;
   maxStandinAcceptQueue?: number;
@@ -74,6 +80,23 @@ const overflows = (): number => {
   }
 };
 
+/** Counts the codes of the guard's 'upstream request failed' log lines since `since` (its last 20 kB of output). */
+function errorCodes(log: string, since: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const line of log.split('\n')) {
+    if (!line.includes('upstream request failed') && !line.includes('upstream upgrade failed')) continue;
+    try {
+      const entry = JSON.parse(line) as { code?: unknown; time?: string };
+      if ((entry.time ?? '') < since) continue;
+      const code = String(entry.code ?? 'none');
+      out[code] = (out[code] ?? 0) + 1;
+    } catch {
+      // A line cut by the end of the capture.
+    }
+  }
+  return out;
+}
+
 /** What the patched coderd gives each kind of agent. */
 function right(kind: BulkKind, r: ReinitResult | null, workspaceId: string): boolean {
   if (!r) return false;
@@ -86,9 +109,10 @@ function right(kind: BulkKind, r: ReinitResult | null, workspaceId: string): boo
 async function runStorm(name: string, url: string, agents: Agent[], watch: { guard?: Proc & { adminUrl?: string }; guardPort?: number; standinPort: number; pgUrl: string }): Promise<StormRow> {
   const metrics = async () => (watch.guard?.adminUrl ? (await fetch(`${watch.guard.adminUrl}/metrics`)).text() : '');
   const before = await metrics();
+  const since = new Date().toISOString();
   const ovBefore = overflows();
   let sampling = true;
-  const samples = { db: 0, rss: 0, over: -Infinity, clients: 0, upstream: 0, guardQueue: 0, standinQueue: 0 };
+  const samples = { db: 0, rss: 0, over: -Infinity, clients: 0, upstream: 0, heapTotal: 0, heapUsed: 0, external: 0, guardQueue: 0, standinQueue: 0 };
   const acceptQueues = (async () => {
     // The accept queues, every 10 ms: where an agent waits before any process sees it.
     while (sampling) {
@@ -118,6 +142,10 @@ async function runStorm(name: string, url: string, agents: Agent[], watch: { gua
         const upstream = promSum(text, 'coder_reinit_guard_connections', { side: 'upstream' });
         samples.clients = Math.max(samples.clients, clients);
         samples.upstream = Math.max(samples.upstream, upstream);
+        // What the RSS is made of: V8's heap (total and used) and memory outside it.
+        samples.heapTotal = Math.max(samples.heapTotal, promSum(text, 'coder_reinit_guard_nodejs_heap_size_total_bytes'));
+        samples.heapUsed = Math.max(samples.heapUsed, promSum(text, 'coder_reinit_guard_nodejs_heap_size_used_bytes'));
+        samples.external = Math.max(samples.external, promSum(text, 'coder_reinit_guard_nodejs_external_memory_bytes'));
         samples.over = Math.max(samples.over, upstream - clients);
       }
       await new Promise((res) => setTimeout(res, 20));
@@ -174,6 +202,10 @@ async function runStorm(name: string, url: string, agents: Agent[], watch: { gua
       maxUpstreamOverClients: samples.over,
       maxClientConnections: samples.clients,
       maxUpstreamConnections: samples.upstream,
+      maxHeapTotalMiB: round(samples.heapTotal / 2 ** 20, 1),
+      maxHeapUsedMiB: round(samples.heapUsed / 2 ** 20, 1),
+      maxExternalMiB: round(samples.external / 2 ** 20, 1),
+      upstreamErrorCodes: errorCodes(watch.guard.log(), since),
     });
   }
   row.maxStandinAcceptQueue = samples.standinQueue;
