@@ -160,6 +160,10 @@ const atLeast11 = (req: IncomingMessage) => req.httpVersionMajor > 1 || (req.htt
  */
 class Forwarding implements HopCallbacks {
   private counted = true;
+  /** Sends the request again after `ms` (set by {@link forward}). */
+  resendAfter: ((ms: number) => void) | null = null;
+  private descriptorWaits = 0;
+  private readonly started = performance.now();
 
   constructor(
     private readonly deps: ForwardDeps,
@@ -225,6 +229,7 @@ class Forwarding implements HopCallbacks {
     const { deps, req, res } = this;
     if (res.headersSent || res.destroyed) return void res.destroy();
     const code = (err as { code?: string }).code;
+    if (code !== undefined && OUT_OF_DESCRIPTORS.has(code) && this.waitForDescriptor()) return;
     if (err.message === 'bad upgrade') return unrelayable(deps, res, 'unrequested_upgrade', 101);
     if (code === 'ERR_ASSERTION') return unrelayable(deps, res, 'invalid_status', null);
     if (code === 'UND_ERR_INVALID_ARG' || code === UNSENDABLE_TARGET) {
@@ -238,7 +243,28 @@ class Forwarding implements HopCallbacks {
     const { status, body } = upstreamFailure(kind, err);
     writeCoderError(res, status, body);
   }
+
+  /**
+   * The guard ran out of file descriptors opening coderd's connection (EMFILE: a storm of
+   * 10,000 agents holds 20,000 sockets): nothing was sent, and descriptors come free as other
+   * streams end. That is the guard's own queueing, never a reason to answer 502: a bodiless
+   * request waits (10 ms, doubling to 500 ms) and is sent again, within the connect deadline.
+   * A body may already be partly read: such a request fails as before.
+   */
+  private waitForDescriptor(): boolean {
+    const { deps, req } = this;
+    if (hasBody(this.framing) || !this.resendAfter) return false;
+    if (performance.now() - this.started >= deps.upstream.connectTimeoutMs) return false;
+    const ms = Math.min(500, 10 * 2 ** this.descriptorWaits++);
+    deps.metrics.upstreamRetries.inc({ reason: 'no_descriptor' });
+    if (this.descriptorWaits === 1) deps.log.debug('no file descriptor for coderd\'s connection: waiting', { method: req.method ?? '', path: logPath(req.url) });
+    this.resendAfter(ms);
+    return true;
+  }
 }
+
+/** The process's own descriptor limits (per process, system-wide). */
+const OUT_OF_DESCRIPTORS: ReadonlySet<string> = new Set(['EMFILE', 'ENFILE']);
 
 /**
  * Proxies one request to coderd: streams the body up (only ever with explicit framing),
@@ -248,9 +274,18 @@ class Forwarding implements HopCallbacks {
 export function forward(deps: ForwardDeps, req: IncomingMessage, res: ServerResponse, onResponse: ResponseHandler = relay(deps), opts: ForwardOptions = POOLED): void {
   const framing = requestFraming(req);
   const call = new Forwarding(deps, req, res, onResponse, framing);
-  const hop = (opts.ownConnection ? dispatchOwnConnection : dispatch)(deps.upstream, req, framing, call);
+  const send = () => (opts.ownConnection ? dispatchOwnConnection : dispatch)(deps.upstream, req, framing, call);
+  let hop = send();
+  let waiting: NodeJS.Timeout | undefined;
+  call.resendAfter = (ms) => {
+    waiting = setTimeout(() => {
+      waiting = undefined;
+      if (!res.destroyed && !res.writableEnded) hop = send();
+    }, ms);
+  };
   res.once('close', () => {
     call.release();
+    clearTimeout(waiting);
     // The client left before the response finished: free the upstream request now.
     if (!res.writableFinished) hop.abort();
   });

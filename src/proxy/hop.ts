@@ -61,7 +61,8 @@ export interface HopControl {
 export type RetryReason =
   | 'closed' // the connection closed before any answer (coderd's idle close raced the request)
   | 'reset' // the connection was reset before any answer
-  | 'interim_100'; // coderd sent a 100 Continue, which undici takes for a broken connection
+  | 'interim_100' // coderd sent a 100 Continue, which undici takes for a broken connection
+  | 'no_descriptor'; // the guard had no file descriptor for the connection (forward.ts waits)
 
 /** What a dispatch reports. */
 export interface HopCallbacks {
