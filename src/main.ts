@@ -1,11 +1,13 @@
 #!/usr/bin/env node
 import cluster from 'node:cluster';
 import { listenSockets } from './server/listen.js';
-import { describeConfig, loadConfig, type Config } from './config/index.js';
+import { describeConfig, loadConfig, unknownVariables, type Config } from './config/index.js';
 import { runAudit } from './audit/index.js';
 import { createLogger, type Logger } from './observability/log.js';
 import { runPrimary, runWorker } from './server/cluster.js';
 import { startGuard } from './server/index.js';
+import { GUARD_VERSION } from './lifecycle/version.js';
+import { EXIT_USAGE, USAGE, parseCommand } from './cli.js';
 
 /** Exit status for a configuration the guard refuses to start with. */
 const EXIT_CONFIG = 2;
@@ -30,7 +32,14 @@ function onSignals(log: Logger, stop: () => Promise<void>): void {
 }
 
 async function main(): Promise<void> {
-  if (process.argv[2] === 'audit') {
+  const command = parseCommand(process.argv.slice(2));
+  if (command.run === 'help') return void process.stdout.write(USAGE);
+  if (command.run === 'version') return void process.stdout.write(`coder-reinit-guard ${GUARD_VERSION}\n`);
+  if (command.run === 'usage-error') {
+    process.stderr.write(`coder-reinit-guard: ${command.problem}\n\n${USAGE}`);
+    process.exit(EXIT_USAGE);
+  }
+  if (command.run === 'audit') {
     const code = await runAudit(process.argv.slice(3), process.env, { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) });
     process.exitCode = code;
     return;
@@ -43,6 +52,11 @@ async function main(): Promise<void> {
   }
   const config: Config = result.config;
   const log = createLogger(config.logLevel);
+  if (!cluster.isWorker) {
+    for (const { variable, didYouMean } of unknownVariables(process.env)) {
+      log.warn('unknown configuration variable ignored', { variable, did_you_mean: didYouMean, effect: 'none: the setting it may have meant keeps its value' });
+    }
+  }
 
   if (config.workers > 1 && cluster.isWorker) return runWorker(config, log);
 

@@ -1,9 +1,11 @@
 import http from 'node:http';
+import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { freePort } from '../../testkit/pg.js';
 import { waitFor } from '../support/env.js';
 import { spawnEntryPoint } from '../support/guard-process.js';
+import { GUARD_VERSION } from '../../src/lifecycle/version.js';
 
 describe('the guard process', () => {
   it('refuses an invalid configuration before listening, listing every problem', async () => {
@@ -47,5 +49,73 @@ describe('the guard process', () => {
       child.kill('SIGKILL');
       upstream.close();
     }
+  });
+
+  describe('command line', () => {
+    const valid = async () => ({
+      REINIT_GUARD_UPSTREAM: 'http://127.0.0.1:1',
+      REINIT_GUARD_PG_URL: 'postgres://guard:pw@127.0.0.1:1/coder',
+      REINIT_GUARD_LISTEN: `127.0.0.1:${await freePort()}`,
+      REINIT_GUARD_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`,
+    });
+    /** Whether something listens on host:port. */
+    const bound = (hostPort: string) =>
+      new Promise<boolean>((resolve) => {
+        const [host, port] = hostPort.split(':') as [string, string];
+        const s = net.connect(Number(port), host);
+        s.once('connect', () => (s.destroy(), resolve(true)));
+        s.once('error', () => resolve(false));
+      });
+
+    it.each([['--help'], ['-h'], ['help']])('%s prints the usage and exits 0 without binding a port', async (arg) => {
+      const env = await valid();
+      const { out, exited } = spawnEntryPoint(env, [arg]);
+      expect(await exited).toBe(0);
+      expect(out.stdout).toContain('usage: coder-reinit-guard [command]');
+      expect(out.stdout).toContain('audit');
+      expect(out.stdout).toContain('Configuration');
+      expect(await bound(env.REINIT_GUARD_LISTEN)).toBe(false);
+      expect(await bound(env.REINIT_GUARD_ADMIN_LISTEN)).toBe(false);
+    });
+
+    it('--version prints the version and exits 0', async () => {
+      const { out, exited } = spawnEntryPoint(await valid(), ['--version']);
+      expect(await exited).toBe(0);
+      expect(out.stdout).toBe(`coder-reinit-guard ${GUARD_VERSION}\n`);
+    });
+
+    it.each([
+      ['audti', 'unknown command "audti" (did you mean "audit"?)'],
+      ['--frobnicate', 'unknown option "--frobnicate"'],
+      ['serve', 'unknown command "serve"'],
+    ])('%s exits 2 with the usage, without binding a port', async (arg, problem) => {
+      const env = await valid();
+      const { out, exited } = spawnEntryPoint(env, [arg]);
+      expect(await exited).toBe(2);
+      expect(out.stderr).toContain(problem);
+      expect(out.stderr).toContain('usage: coder-reinit-guard [command]');
+      expect(out.stdout).toBe('');
+      expect(await bound(env.REINIT_GUARD_LISTEN)).toBe(false);
+    });
+
+    it('warns at start about each unknown REINIT_GUARD_* variable, naming the closest known one', async () => {
+      const env = await valid();
+      const { child, out, exited } = spawnEntryPoint({ ...env, REINIT_GUARD_LOGLEVEL: 'debug', REINIT_GUARD_RETIRE: '>=2.35.1' });
+      try {
+        await waitFor(() => out.stdout.includes('coder-reinit-guard started'), 15_000, 'the start line');
+        const warnings = out.stdout
+          .split('\n')
+          .filter(Boolean)
+          .map((l) => JSON.parse(l) as Record<string, unknown>)
+          .filter((l) => l.msg === 'unknown configuration variable ignored');
+        expect(warnings.map((w) => [w.level, w.variable, w.did_you_mean])).toEqual([
+          ['warn', 'REINIT_GUARD_LOGLEVEL', 'REINIT_GUARD_LOG_LEVEL'],
+          ['warn', 'REINIT_GUARD_RETIRE', 'REINIT_GUARD_RETIRE_AT'],
+        ]);
+      } finally {
+        child.kill('SIGTERM');
+        await exited;
+      }
+    });
   });
 });
