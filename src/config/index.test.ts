@@ -98,3 +98,18 @@ describe('unknown REINIT_GUARD_* variables', () => {
     ).toEqual([]);
   });
 });
+
+describe('REINIT_GUARD_RETIRE_AT', () => {
+  it('defaults to the first release proven fixed', () => {
+    const r = loadConfig(base);
+    expect(r.ok && r.config.retireAt).toBe('>=2.35.1');
+  });
+  it('is switched off by an explicit empty value', () => {
+    const r = loadConfig({ ...base, REINIT_GUARD_RETIRE_AT: '' });
+    expect(r.ok && r.config.retireAt).toBeUndefined();
+  });
+  it('takes a range of the operator\'s own', () => {
+    const r = loadConfig({ ...base, REINIT_GUARD_RETIRE_AT: '>=2.34.6' });
+    expect(r.ok && r.config.retireAt).toBe('>=2.34.6');
+  });
+});

@@ -34,6 +34,7 @@ export function loadConfig(env: Env, opts: { upstreamRequired?: boolean } = {}):
       source = CODER_PG_URL_ENV;
       raw = env[CODER_PG_URL_ENV];
     }
+    if (raw === '' && spec.emptyMeansOff) continue;
     if (raw === undefined || raw === '') raw = spec.default;
     if (raw === undefined) continue;
     const parsed = spec.parse(raw);

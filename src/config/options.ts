@@ -98,6 +98,12 @@ export const DEFAULT_FORWARDED_HEADERS: ForwardedHeaderMode = 'append';
 export const DEFAULT_HEADER_TIMEOUT = '30s';
 export const DEFAULT_UPSTREAM_CONNECT_TIMEOUT = '10s';
 export const DEFAULT_WORKERS = '1';
+/**
+ * The first coderd release proven to carry the fix (coder 2.35.1, read from its sources and
+ * run in the real-coderd suite). 2.34.x releases after 2.34.3 may carry the 2.34 backport
+ * (coder#26644): their release notes say; an operator adds them explicitly.
+ */
+export const DEFAULT_RETIRE_AT = '>=2.35.1';
 export const DEFAULT_SHUTDOWN_GRACE = '10s';
 export const DEFAULT_RETIRE_POLL = '1m';
 export const DEFAULT_PROBE_INTERVAL = '10s';
@@ -125,6 +131,11 @@ export interface OptionSpec<K extends keyof Config = keyof Config> {
   default?: string;
   /** Never echo the value in a message (it may carry a password). */
   secret?: boolean;
+  /**
+   * An explicit empty value switches the setting off instead of selecting the default
+   * (a default that is on, which an operator must be able to turn off).
+   */
+  emptyMeansOff?: boolean;
   parse: (raw: string) => Parsed<Config[K]>;
 }
 
@@ -169,7 +180,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   option({ env: 'REINIT_GUARD_UPSTREAM_CA_FILE', key: 'upstreamCa', doc: 'PEM file of CA certificates to trust for an https upstream, in addition to the system ones', parse: readPemFile }),
   option({ env: 'REINIT_GUARD_WORKERS', key: 'workers', doc: 'proxy worker processes (auto: one per CPU); verdicts, the database pool and the admin port stay in one primary', default: DEFAULT_WORKERS, parse: parseWorkers }),
   option({ env: 'REINIT_GUARD_SHUTDOWN_GRACE', key: 'shutdownGraceMs', doc: 'on SIGTERM, how long in-flight requests may take to finish before streams and tunnels are closed', default: DEFAULT_SHUTDOWN_GRACE, parse: parseDuration }),
-  option({ env: 'REINIT_GUARD_RETIRE_AT', key: 'retireAt', doc: "semver range of coderd versions that carry the fix (e.g. >=2.35.1); when coderd's buildinfo matches, the guard behaves as off and says it can be removed", parse: parseRange }),
+  option({ env: 'REINIT_GUARD_RETIRE_AT', key: 'retireAt', doc: "semver range of coderd versions that carry the fix; when coderd's buildinfo matches, the guard behaves as off and says it can be removed. The default is the first release proven fixed; a 2.34.x after 2.34.3 may carry the backport (coder#26644): check its release notes, then widen the range (e.g. >=2.34.6). An explicit empty value switches retirement off", default: DEFAULT_RETIRE_AT, emptyMeansOff: true, parse: parseRange }),
   option({ env: 'REINIT_GUARD_RETIRE_POLL', key: 'retirePollMs', doc: "how often coderd's /api/v2/buildinfo is read (for the version in metrics and retirement)", default: DEFAULT_RETIRE_POLL, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_PROBE_INTERVAL', key: 'probeIntervalMs', doc: 'how often coderd and the database are probed for /readyz, coder_reinit_guard_dependency_up and the log (never for readiness)', default: DEFAULT_PROBE_INTERVAL, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_TLS_LISTEN', key: 'tlsListen', doc: 'host:port of an additional TLS listener for proxied traffic (needs REINIT_GUARD_TLS_CERT_FILE and REINIT_GUARD_TLS_KEY_FILE)', parse: parseHostPort }),
