@@ -128,7 +128,7 @@ export async function startControlPlane(config: Config, opts: ControlOptions): P
     },
   });
   const admin = http.createServer(getRequestListener(app.fetch, { overrideGlobalObjects: false }));
-  const adminAddress = await listen(admin, config.adminListen.host, config.adminListen.port);
+  const adminAddress = await listen(admin, config.adminListen.host, config.adminListen.port, undefined, false, 'REINIT_GUARD_ADMIN_LISTEN');
 
   return {
     decider,

@@ -98,6 +98,20 @@ describe('the guard process', () => {
       expect(await bound(env.REINIT_GUARD_LISTEN)).toBe(false);
     });
 
+    it.each([['REINIT_GUARD_LISTEN'], ['REINIT_GUARD_ADMIN_LISTEN']])('a port in use is named by its variable (%s)', async (variable) => {
+      const env = await valid();
+      const taken = net.createServer();
+      const [host, port] = (env as Record<string, string>)[variable]!.split(':') as [string, string];
+      await new Promise<void>((r) => taken.listen(Number(port), host, r));
+      try {
+        const { out, exited } = spawnEntryPoint(env);
+        expect(await exited).toBe(1);
+        expect(out.stderr).toContain(`${variable} ${host}:${port}: cannot listen: the address is already in use`);
+      } finally {
+        taken.close();
+      }
+    });
+
     it('warns at start about each unknown REINIT_GUARD_* variable, naming the closest known one', async () => {
       const env = await valid();
       const { child, out, exited } = spawnEntryPoint({ ...env, REINIT_GUARD_LOGLEVEL: 'debug', REINIT_GUARD_RETIRE: '>=2.35.1' });
