@@ -5,21 +5,25 @@ import { describeConfig, loadConfig, unknownVariables, type Config } from './con
 import { runAudit } from './audit/index.js';
 import { createLogger, type Logger } from './observability/log.js';
 import { runPrimary, runWorker } from './server/cluster.js';
-import { startGuard } from './server/index.js';
+import { hurryShutdown, startGuard } from './server/index.js';
 import { GUARD_VERSION } from './lifecycle/version.js';
 import { EXIT_USAGE, USAGE, parseCommand } from './cli.js';
 
 /** Exit status for a configuration the guard refuses to start with. */
 const EXIT_CONFIG = 2;
 
-/** Runs `stop` once on SIGTERM/SIGINT, then exits 0 (1 if stopping failed). */
-function onSignals(log: Logger, stop: () => Promise<void>): void {
+/**
+ * Runs `stop` once on SIGTERM/SIGINT, then exits 0 (1 if stopping failed). SIGTERM (Kubernetes)
+ * gets the shutdown delay; SIGINT (a terminal's Ctrl-C) does not, and a second signal during the
+ * delay cuts it short.
+ */
+function onSignals(log: Logger, delayMs: number, stop: (delayMs: number) => Promise<void>): void {
   let stopping = false;
   const handle = (signal: string) => {
-    if (stopping) return;
+    if (stopping) return hurryShutdown();
     stopping = true;
     log.info('shutting down', { signal });
-    stop().then(
+    stop(signal === 'SIGTERM' ? delayMs : 0).then(
       () => process.exit(0),
       (err: unknown) => {
         log.error('shutdown failed', { error: String(err) });
@@ -65,11 +69,11 @@ async function main(): Promise<void> {
   if (config.workers > 1) {
     const primary = await runPrimary(config, log, config.shutdownGraceMs);
     started({ workers: config.workers });
-    onSignals(log, () => primary.stop());
+    onSignals(log, config.shutdownDelayMs, (delay) => primary.stop(delay));
   } else {
     const guard = await startGuard(config, { log });
     started({ proxy_port: guard.proxyAddress.port, admin_port: guard.adminAddress.port, listen_sockets: listenSockets(config.listenBacklog) });
-    onSignals(log, () => guard.close(config.shutdownGraceMs));
+    onSignals(log, config.shutdownDelayMs, (delay) => guard.close(config.shutdownGraceMs, delay));
   }
 }
 

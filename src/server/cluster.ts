@@ -7,6 +7,7 @@ import type { Decider, Decision } from '../reinit/decider.js';
 import { startControlPlane } from './control.js';
 import { upstreamFrom } from '../proxy/upstream.js';
 import { startProxyServer } from './proxy-server.js';
+import { shutdownDelay } from './index.js';
 
 /**
  * Several proxy workers behind one control plane. Workers carry the traffic (the proxy
@@ -24,7 +25,7 @@ type Msg =
   | { t: 'retired?' };
 
 /** Runs the cluster primary: control plane plus `config.workers` forked workers. */
-export async function runPrimary(config: Config, log: Logger, graceMs: number): Promise<{ stop(): Promise<void> }> {
+export async function runPrimary(config: Config, log: Logger, graceMs: number): Promise<{ stop(delayMs?: number): Promise<void> }> {
   const metrics = createMetrics();
   const upstream = upstreamFrom(config);
   const workers = new Set<Worker>();
@@ -98,9 +99,11 @@ export async function runPrimary(config: Config, log: Logger, graceMs: number): 
   await Promise.all(Array.from({ length: config.workers }, fork));
 
   return {
-    async stop() {
-      stopping = true;
+    async stop(delayMs = 0) {
       control.drain();
+      // Workers keep accepting and serving meanwhile; one that dies now is still replaced.
+      await shutdownDelay(log, delayMs);
+      stopping = true;
       const exits = [...workers].map((w) => new Promise<void>((r) => (w.isDead() ? r() : w.once('exit', () => r()))));
       for (const w of workers) if (w.isConnected()) w.send({ t: 'shutdown', graceMs } satisfies Msg);
       const kill = setTimeout(() => workers.forEach((w) => w.process.kill('SIGKILL')), graceMs + 5000);

@@ -51,6 +51,51 @@ describe('the guard process', () => {
     }
   });
 
+  it('on SIGTERM: not ready at once, yet every connection during the shutdown delay is served; then it drains and exits 0', async () => {
+    const upstream = http.createServer((_req, res) => res.end('{"version":"v2.34.5"}'));
+    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+    const [port, admin] = [await freePort(), await freePort()];
+    const delayMs = 4000;
+    const { child, out, exited } = spawnEntryPoint({
+      REINIT_GUARD_UPSTREAM: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`,
+      REINIT_GUARD_PG_URL: 'postgres://guard:pw@127.0.0.1:1/coder',
+      REINIT_GUARD_LISTEN: `127.0.0.1:${port}`,
+      REINIT_GUARD_ADMIN_LISTEN: `127.0.0.1:${admin}`,
+      REINIT_GUARD_SHUTDOWN_DELAY: `${delayMs}ms`,
+    });
+    /** One request on a new connection (as a load balancer that has not caught up sends it). */
+    const request = () =>
+      new Promise<string>((resolve) => {
+        const req = http.get({ host: '127.0.0.1', port, path: '/api/v2/buildinfo', agent: false }, (res) => {
+          res.resume();
+          res.once('end', () => resolve(String(res.statusCode)));
+        });
+        req.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+      });
+    try {
+      await waitFor(() => out.stdout.includes('coder-reinit-guard started'), 15_000, 'the start line');
+      expect(await request()).toBe('200');
+      child.kill('SIGTERM');
+      await waitFor(() => out.stdout.includes('still serving while load balancers stop sending new connections'), 10_000, 'the delay to begin');
+      const seen = performance.now();
+      expect((await fetch(`http://127.0.0.1:${admin}/readyz`)).status).toBe(503);
+      // Every 50 ms a new connection, for the first half of the delay (the delay began before
+      // its log line was read, so all of these fall inside it, whatever the machine's load).
+      const during: string[] = [];
+      while (performance.now() - seen < delayMs / 2) {
+        during.push(await request());
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(during.length).toBeGreaterThan(5);
+      expect(during.filter((s) => s !== '200')).toEqual([]);
+      expect(await exited).toBe(0);
+      expect(out.stdout).toContain('"msg":"draining"');
+    } finally {
+      child.kill('SIGKILL');
+      upstream.close();
+    }
+  });
+
   describe('command line', () => {
     const valid = async () => ({
       REINIT_GUARD_UPSTREAM: 'http://127.0.0.1:1',
