@@ -3,7 +3,7 @@ import cluster from 'node:cluster';
 import { listenSockets } from './server/listen.js';
 import { describeConfig, loadConfig, unknownVariables, type Config } from './config/index.js';
 import { runAudit } from './audit/index.js';
-import { createLogger, type Logger } from './observability/log.js';
+import { createLogger, logProcessOutput, type Logger } from './observability/log.js';
 import { runPrimary, runWorker } from './server/cluster.js';
 import { hurryShutdown, startGuard } from './server/index.js';
 import { GUARD_VERSION } from './lifecycle/version.js';
@@ -35,6 +35,9 @@ function onSignals(log: Logger, delayMs: number, stop: (delayMs: number) => Prom
   process.on('SIGINT', () => handle('SIGINT'));
 }
 
+/** The JSON log, once the configuration was read (for a failure to start). */
+let startLog: Logger | null = null;
+
 async function main(): Promise<void> {
   const command = parseCommand(process.argv.slice(2));
   if (command.run === 'help') return void process.stdout.write(USAGE);
@@ -56,6 +59,9 @@ async function main(): Promise<void> {
   }
   const config: Config = result.config;
   const log = createLogger(config.logLevel);
+  const role = config.workers > 1 ? (cluster.isWorker ? 'worker' : 'primary') : 'guard';
+  logProcessOutput(log, role);
+  startLog = log;
   if (!cluster.isWorker) {
     for (const { variable, didYouMean } of unknownVariables(process.env)) {
       log.warn('unknown configuration variable ignored', { variable, did_you_mean: didYouMean, effect: 'none: the setting it may have meant keeps its value' });
@@ -78,6 +84,9 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-  process.stderr.write(`coder-reinit-guard: failed to start: ${err instanceof Error ? err.message : String(err)}\n`);
+  // With the configuration read, the log is JSON (every line, in every worker); before it,
+  // the message is for the person at the terminal.
+  if (startLog) startLog.error('failed to start', { error: err instanceof Error ? err.message : String(err), code: (err as { code?: string } | null)?.code ?? null });
+  else process.stderr.write(`coder-reinit-guard: failed to start: ${err instanceof Error ? err.message : String(err)}\n`);
   process.exit(1);
 });

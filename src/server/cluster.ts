@@ -32,6 +32,8 @@ export async function runPrimary(config: Config, log: Logger, graceMs: number): 
   const listening = new Set<Worker>();
   let stopping = false;
   let seq = 0;
+  /** Workers that exited soon after their start, in a row. */
+  let quickExits = 0;
   const pendingMetrics = new Map<number, { left: number; parts: MetricObjectWithValues<MetricValue<string>>[][]; done: () => void }>();
 
   const metricsText = async () => {
@@ -86,12 +88,19 @@ export async function runPrimary(config: Config, log: Logger, graceMs: number): 
         }
       }
     });
+    const forkedAt = performance.now();
     w.once('exit', (code, signal) => {
       workers.delete(w);
       listening.delete(w);
       if (stopping) return;
-      log.error('proxy worker exited; starting another', { code: code ?? null, signal: signal ?? null });
-      void fork().catch(() => {});
+      // A worker that dies soon after its start (a port taken, a bad certificate) would die
+      // again at once: back off, doubling up to 30 s, instead of a fork loop that floods the log.
+      quickExits = performance.now() - forkedAt < 10_000 ? quickExits + 1 : 0;
+      const delayMs = quickExits === 0 ? 0 : Math.min(30_000, 250 * 2 ** (quickExits - 1));
+      log.error('proxy worker exited; starting another', { code: code ?? null, signal: signal ?? null, in_ms: delayMs });
+      setTimeout(() => {
+        if (!stopping) void fork().catch(() => {});
+      }, delayMs).unref();
     });
     return ready;
   };

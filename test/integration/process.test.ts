@@ -96,6 +96,36 @@ describe('the guard process', () => {
     }
   });
 
+  it('with workers, every line is JSON, a worker that cannot start says why, and restarts back off', async () => {
+    const taken = net.createServer();
+    await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+    const tlsPort = (taken.address() as AddressInfo).port;
+    const { child, out, exited } = spawnEntryPoint({
+      REINIT_GUARD_UPSTREAM: 'http://127.0.0.1:1',
+      REINIT_GUARD_PG_URL: 'postgres://guard:pw@127.0.0.1:1/coder',
+      REINIT_GUARD_LISTEN: `127.0.0.1:${await freePort()}`,
+      REINIT_GUARD_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`,
+      REINIT_GUARD_WORKERS: '2',
+      REINIT_GUARD_TLS_LISTEN: `127.0.0.1:${tlsPort}`,
+      REINIT_GUARD_TLS_CERT_FILE: 'testkit/tls/server.pem',
+      REINIT_GUARD_TLS_KEY_FILE: 'testkit/tls/server.key',
+    });
+    const lines = () => (out.stdout + out.stderr).split('\n').filter(Boolean);
+    const exits = () => lines().filter((l) => l.includes('proxy worker exited'));
+    try {
+      await waitFor(() => exits().length >= 3, 20_000, 'workers to exit three times');
+      const failed = lines().find((l) => l.includes('"msg":"failed to start"'));
+      expect(failed).toContain(`REINIT_GUARD_TLS_LISTEN 127.0.0.1:${tlsPort}: cannot listen: the address is already in use`);
+      const delays = exits().map((l) => (JSON.parse(l) as { in_ms: number }).in_ms);
+      for (let i = 1; i < delays.length; i++) expect(delays[i]).toBeGreaterThan(delays[i - 1]!);
+    } finally {
+      child.kill('SIGINT');
+      await exited;
+      taken.close();
+    }
+    for (const line of lines()) expect(() => JSON.parse(line), line).not.toThrow();
+  });
+
   describe('command line', () => {
     const valid = async () => ({
       REINIT_GUARD_UPSTREAM: 'http://127.0.0.1:1',
