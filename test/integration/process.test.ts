@@ -181,7 +181,10 @@ describe('the guard process', () => {
       try {
         const { out, exited } = spawnEntryPoint(env);
         expect(await exited).toBe(1);
-        expect(out.stderr).toContain(`${variable} ${host}:${port}: cannot listen: the address is already in use`);
+        // The configuration was read, so the failure is a JSON log line.
+        const line = out.stdout.split('\n').find((l) => l.includes('failed to start'));
+        expect(JSON.parse(line ?? '{}')).toMatchObject({ level: 'error', code: 'EADDRINUSE' });
+        expect(line).toContain(`${variable} ${host}:${port}: cannot listen: the address is already in use`);
       } finally {
         taken.close();
       }
