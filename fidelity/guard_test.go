@@ -244,14 +244,15 @@ func (g *guardProc) awaitMetric(ctx context.Context, name string, labels map[str
 	return fmt.Errorf("%s%v is %v, not %v, after %s (%v)", name, labels, v, want, within, err)
 }
 
-// stop sends SIGTERM and waits for the exit (killing it after 20 s).
+// stop sends SIGINT (the guard's shutdown without SIGTERM's delay for load balancers) and
+// waits for the exit (killing it after 20 s).
 func (g *guardProc) stop() {
 	select {
 	case <-g.exited:
 		return
 	default:
 	}
-	_ = g.cmd.Process.Signal(syscall.SIGTERM)
+	_ = g.cmd.Process.Signal(syscall.SIGINT)
 	select {
 	case <-g.exited:
 	case <-time.After(20 * time.Second):

@@ -20,9 +20,12 @@ describe('Dockerfile', () => {
     expect(ci).toBeLessThan(src);
   });
 
-  it('ships only compiled output and production dependencies in a minimal non-root Node 22 runtime', () => {
+  it('ships only compiled output and production dependencies in a minimal non-root runtime of the Active LTS (Node 26)', () => {
     const final = stages.at(-1)!;
-    expect(final).toMatch(/^gcr\.io\/distroless\/nodejs22-debian12:nonroot/);
+    expect(final).toMatch(/^gcr\.io\/distroless\/nodejs26-debian13:nonroot/);
+    // The build stages run the same Node line on the same Debian release.
+    expect(dockerfile).toMatch(/^ARG NODE_VERSION=26$/m);
+    expect(dockerfile).toMatch(/^FROM node:\$\{NODE_VERSION\}-trixie-slim AS prod-deps$/m);
     expect(final).toMatch(/COPY --from=build \/app\/dist \.\/dist/);
     expect(final).not.toMatch(/COPY src|COPY \. /);
     expect(dockerfile).toMatch(/npm ci --omit=dev/);

@@ -75,7 +75,8 @@ export async function start(name: string, cmd: string, args: string[], port: num
     rss: () => rssOf(child.pid),
     async stop() {
       if (child.exitCode !== null) return;
-      child.kill('SIGTERM');
+      // SIGINT: the guard's shutdown without the delay for load balancers (SIGTERM's).
+      child.kill('SIGINT');
       const t = setTimeout(() => child.kill('SIGKILL'), 5000);
       await exited;
       clearTimeout(t);

@@ -1,5 +1,6 @@
 import { CODER_PG_URL_ENV, loadConfig } from '../config/index.js';
 import { redactUrl } from '../config/parsers.js';
+import { DEFAULT_RETIRE_AT } from '../config/options.js';
 import { createDbClient } from '../db/client.js';
 import { fetchCoderdVersion, versionRetires } from '../lifecycle/retirement.js';
 import { upstreamFrom } from '../proxy/upstream.js';
@@ -14,8 +15,8 @@ export const AUDIT_EXIT = { NONE_AFFECTED: 0, SOME_AFFECTED: 1, FAILED: 2 } as c
  * newest 2.34 it serves, seeds on every reconnect; v2.35.1 carries the fix.
  */
 export const AFFECTED_RANGE = '>=2.33.0 <=2.34.3';
-/** The first release verified to carry the fix, and so the README's retirement advice. */
-export const FIRST_FIXED = '2.35.1';
+/** The first release verified to carry the fix: the default REINIT_GUARD_RETIRE_AT starts there. */
+export const FIRST_FIXED = DEFAULT_RETIRE_AT.replace('>=', '');
 /**
  * Releases between the two that could not be read here: a 2.34.x after 2.34.3 may carry the
  * 2.34 backport (#26644), and 2.35.0 may or may not. Their release notes say.
@@ -128,13 +129,16 @@ export async function runAudit(argv: string[], env: Record<string, string | unde
     coderd.version = await fetchCoderdVersion(upstream);
     upstream.agent.destroy();
     void upstream.pool.destroy();
+    // An operator who set a range of their own has read the release notes of the releases
+    // between; the default says nothing about them.
+    const widened = config.retireAt !== undefined && config.retireAt !== DEFAULT_RETIRE_AT;
     if (coderd.version === null) coderd.note = `could not read ${config.upstream.origin}/api/v2/buildinfo`;
     else if (config.retireAt && versionRetires(coderd.version, config.retireAt)) {
       coderd.affected = false;
       coderd.note = `in REINIT_GUARD_RETIRE_AT ${config.retireAt}: carries the fix`;
-    } else if (versionRetires(coderd.version, AFFECTED_RANGE) || (config.retireAt && versionRetires(coderd.version, UNVERIFIED_RANGE))) {
+    } else if (versionRetires(coderd.version, AFFECTED_RANGE) || (widened && versionRetires(coderd.version, UNVERIFIED_RANGE))) {
       coderd.affected = true;
-      coderd.note = config.retireAt
+      coderd.note = widened
         ? `affected: a release the bug shipped in, below the fix (${config.retireAt})`
         : `affected: a release the bug shipped in (${AFFECTED_RANGE}); the fix is in ${FIRST_FIXED}`;
     } else if (versionRetires(coderd.version, UNVERIFIED_RANGE)) {

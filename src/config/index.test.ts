@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { loadConfig, OPTIONS } from './index.js';
+import { loadConfig, OPTIONS, unknownVariables } from './index.js';
 
 const base = { REINIT_GUARD_UPSTREAM: 'http://coder-upstream:8080', REINIT_GUARD_PG_URL: 'postgres://guard:pw@db:5432/coder' };
 
@@ -69,5 +69,47 @@ describe('loadConfig', () => {
       expect(o.doc.length).toBeGreaterThan(5);
       if (o.default !== undefined) expect(o.parse(o.default).ok).toBe(true);
     }
+  });
+});
+
+describe('unknown REINIT_GUARD_* variables', () => {
+  it.each([
+    ['REINIT_GUARD_RETIRE', 'REINIT_GUARD_RETIRE_AT'],
+    ['REINIT_GUARD_LOGLEVEL', 'REINIT_GUARD_LOG_LEVEL'],
+    ['REINIT_GUARD_DB_URL', 'REINIT_GUARD_PG_URL'],
+    ['REINIT_GUARD_MDOE', 'REINIT_GUARD_MODE'],
+    ['REINIT_GUARD_UPSTREAM_URL', 'REINIT_GUARD_UPSTREAM'],
+    ['REINIT_GUARD_FROBNICATE', null],
+  ])('%s is reported, with its likely meaning %s', (variable, didYouMean) => {
+    expect(unknownVariables({ REINIT_GUARD_UPSTREAM: 'http://c:8080', [variable]: 'x' })).toEqual([{ variable, didYouMean }]);
+  });
+
+  it('leaves known variables, other prefixes and Kubernetes service links alone', () => {
+    expect(
+      unknownVariables({
+        REINIT_GUARD_MODE: 'observe',
+        CODER_PG_CONNECTION_URL: 'postgres://x',
+        REINIT_GUARDIAN: 'x',
+        REINIT_GUARD_SERVICE_HOST: '10.0.0.1',
+        REINIT_GUARD_SERVICE_PORT_HTTP: '8080',
+        REINIT_GUARD_PORT: 'tcp://10.0.0.1:8080',
+        REINIT_GUARD_PORT_8080_TCP_ADDR: '10.0.0.1',
+      }),
+    ).toEqual([]);
+  });
+});
+
+describe('REINIT_GUARD_RETIRE_AT', () => {
+  it('defaults to the first release proven fixed', () => {
+    const r = loadConfig(base);
+    expect(r.ok && r.config.retireAt).toBe('>=2.35.1');
+  });
+  it('is switched off by an explicit empty value', () => {
+    const r = loadConfig({ ...base, REINIT_GUARD_RETIRE_AT: '' });
+    expect(r.ok && r.config.retireAt).toBeUndefined();
+  });
+  it('takes a range of the operator\'s own', () => {
+    const r = loadConfig({ ...base, REINIT_GUARD_RETIRE_AT: '>=2.34.6' });
+    expect(r.ok && r.config.retireAt).toBe('>=2.34.6');
   });
 });

@@ -1,3 +1,4 @@
+import { closest } from './suggest.js';
 import { readFileSync } from 'node:fs';
 import { OPTIONS, type Config } from './options.js';
 import { redactUrl } from './parsers.js';
@@ -33,6 +34,7 @@ export function loadConfig(env: Env, opts: { upstreamRequired?: boolean } = {}):
       source = CODER_PG_URL_ENV;
       raw = env[CODER_PG_URL_ENV];
     }
+    if (raw === '' && spec.emptyMeansOff) continue;
     if (raw === undefined || raw === '') raw = spec.default;
     if (raw === undefined) continue;
     const parsed = spec.parse(raw);
@@ -64,6 +66,32 @@ export function loadConfig(env: Env, opts: { upstreamRequired?: boolean } = {}):
   }
 
   return problems.length ? { ok: false, problems } : { ok: true, config: out as Config };
+}
+
+/**
+ * Variables Kubernetes injects for a Service whose name maps to REINIT_GUARD (service links:
+ * `REINIT_GUARD_SERVICE_HOST`, `REINIT_GUARD_PORT_8080_TCP_ADDR`, ...): not the operator's typos.
+ */
+const SERVICE_LINK = /^REINIT_GUARD_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)$/;
+
+/**
+ * `REINIT_GUARD_*` variables the guard does not know, each with the known name it most
+ * likely meant: a typo (`REINIT_GUARD_LOGLEVEL`) would otherwise be ignored without a word and
+ * its default used.
+ */
+export function unknownVariables(env: Env): Array<{ variable: string; didYouMean: string | null }> {
+  const prefix = 'REINIT_GUARD_';
+  const known = OPTIONS.map((o) => o.env);
+  const knownSet = new Set<string>(known);
+  // Compared without the shared prefix, which would make every name look close.
+  const suffixes = known.map((k) => k.slice(prefix.length));
+  return Object.keys(env)
+    .filter((name) => name.startsWith(prefix) && !knownSet.has(name) && !SERVICE_LINK.test(name))
+    .sort()
+    .map((variable) => {
+      const near = closest(variable.slice(prefix.length), suffixes);
+      return { variable, didYouMean: near === null ? null : prefix + near };
+    });
 }
 
 /** A one-line summary of the configuration for the startup log, with secrets redacted. */

@@ -60,6 +60,7 @@ export interface Config {
   workers: number;
   /** How long in-flight requests may take to finish on SIGTERM. */
   shutdownGraceMs: number;
+  shutdownDelayMs: number;
   /** Semver range of fixed coderd versions at which the guard stops intervening. */
   retireAt: string | undefined;
   /** How often coderd's buildinfo is read. */
@@ -98,13 +99,26 @@ export const DEFAULT_FORWARDED_HEADERS: ForwardedHeaderMode = 'append';
 export const DEFAULT_HEADER_TIMEOUT = '30s';
 export const DEFAULT_UPSTREAM_CONNECT_TIMEOUT = '10s';
 export const DEFAULT_WORKERS = '1';
+/**
+ * The first coderd release proven to carry the fix (coder 2.35.1, read from its sources and
+ * run in the real-coderd suite). 2.34.x releases after 2.34.3 may carry the 2.34 backport
+ * (coder#26644): their release notes say; an operator adds them explicitly.
+ */
+export const DEFAULT_RETIRE_AT = '>=2.35.1';
 export const DEFAULT_SHUTDOWN_GRACE = '10s';
+/**
+ * Kubernetes takes a terminating pod out of its EndpointSlices at once, but every node's
+ * kube-proxy, ingress controllers and cloud load balancers apply that asynchronously: a few
+ * seconds typically, longer for some cloud load balancers. Connections sent meanwhile must
+ * still be served.
+ */
+export const DEFAULT_SHUTDOWN_DELAY = '10s';
 export const DEFAULT_RETIRE_POLL = '1m';
 export const DEFAULT_PROBE_INTERVAL = '10s';
 
-/** A duration, or 0 / off for "never". */
+/** A duration, or 0 (with or without a unit: the chart writes `0s`) / off for "never". */
 const parseDurationOrOff = (raw: string): Parsed<number> =>
-  ['0', 'off'].includes(raw.trim()) ? { ok: true, value: 0 } : parseDuration(raw).ok ? parseDuration(raw) : { ok: false, rule: 'use a duration such as 100ms, 10m or 1h, or 0 (off)' };
+  raw.trim() === 'off' || /^0+(\.0+)?(ms|s|m|h)?$/.test(raw.trim()) ? { ok: true, value: 0 } : parseDuration(raw).ok ? parseDuration(raw) : { ok: false, rule: 'use a duration such as 100ms, 10m or 1h, or 0 (off)' };
 
 const parseServername = (raw: string): Parsed<string> =>
   /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/i.test(raw.trim()) ? { ok: true, value: raw.trim() } : { ok: false, rule: 'use a DNS name such as coder.example.com' };
@@ -125,6 +139,11 @@ export interface OptionSpec<K extends keyof Config = keyof Config> {
   default?: string;
   /** Never echo the value in a message (it may carry a password). */
   secret?: boolean;
+  /**
+   * An explicit empty value switches the setting off instead of selecting the default
+   * (a default that is on, which an operator must be able to turn off).
+   */
+  emptyMeansOff?: boolean;
   parse: (raw: string) => Parsed<Config[K]>;
 }
 
@@ -168,8 +187,9 @@ export const OPTIONS: readonly OptionSpec[] = [
   option({ env: 'REINIT_GUARD_UPSTREAM_CONNECT_TIMEOUT', key: 'upstreamConnectTimeoutMs', doc: 'deadline for opening a connection to coderd; past it the client gets 504', default: DEFAULT_UPSTREAM_CONNECT_TIMEOUT, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_UPSTREAM_CA_FILE', key: 'upstreamCa', doc: 'PEM file of CA certificates to trust for an https upstream, in addition to the system ones', parse: readPemFile }),
   option({ env: 'REINIT_GUARD_WORKERS', key: 'workers', doc: 'proxy worker processes (auto: one per CPU); verdicts, the database pool and the admin port stay in one primary', default: DEFAULT_WORKERS, parse: parseWorkers }),
-  option({ env: 'REINIT_GUARD_SHUTDOWN_GRACE', key: 'shutdownGraceMs', doc: 'on SIGTERM, how long in-flight requests may take to finish before streams and tunnels are closed', default: DEFAULT_SHUTDOWN_GRACE, parse: parseDuration }),
-  option({ env: 'REINIT_GUARD_RETIRE_AT', key: 'retireAt', doc: "semver range of coderd versions that carry the fix (e.g. >=2.35.1); when coderd's buildinfo matches, the guard behaves as off and says it can be removed", parse: parseRange }),
+  option({ env: 'REINIT_GUARD_SHUTDOWN_GRACE', key: 'shutdownGraceMs', doc: 'on SIGTERM, how long in-flight requests may take to finish before streams and tunnels are closed', default: DEFAULT_SHUTDOWN_GRACE, parse: parseDurationOrOff }),
+  option({ env: 'REINIT_GUARD_SHUTDOWN_DELAY', key: 'shutdownDelayMs', doc: 'on SIGTERM, how long the guard reports not ready (503 on /readyz) while it keeps accepting and serving, before it drains: the time Kubernetes, kube-proxy and load balancers take to stop sending it new connections (a few seconds typically, more for some cloud load balancers). SIGINT skips it', default: DEFAULT_SHUTDOWN_DELAY, parse: parseDurationOrOff }),
+  option({ env: 'REINIT_GUARD_RETIRE_AT', key: 'retireAt', doc: "semver range of coderd versions that carry the fix; when coderd's buildinfo matches, the guard behaves as off and says it can be removed. The default is the first release proven fixed; a 2.34.x after 2.34.3 may carry the backport (coder#26644): check its release notes, then widen the range (e.g. >=2.34.6). An explicit empty value switches retirement off", default: DEFAULT_RETIRE_AT, emptyMeansOff: true, parse: parseRange }),
   option({ env: 'REINIT_GUARD_RETIRE_POLL', key: 'retirePollMs', doc: "how often coderd's /api/v2/buildinfo is read (for the version in metrics and retirement)", default: DEFAULT_RETIRE_POLL, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_PROBE_INTERVAL', key: 'probeIntervalMs', doc: 'how often coderd and the database are probed for /readyz, coder_reinit_guard_dependency_up and the log (never for readiness)', default: DEFAULT_PROBE_INTERVAL, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_TLS_LISTEN', key: 'tlsListen', doc: 'host:port of an additional TLS listener for proxied traffic (needs REINIT_GUARD_TLS_CERT_FILE and REINIT_GUARD_TLS_KEY_FILE)', parse: parseHostPort }),

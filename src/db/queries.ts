@@ -19,8 +19,6 @@ export interface Queries {
    * initiated by the prebuilds user, in workspace id order after `after`.
    */
   claimedPrebuildsPage(after: string | null, limit: number): Promise<WorkspaceLatestBuild[]>;
-  /** A trivial round trip, for readiness. */
-  ping(): Promise<void>;
 }
 
 /** The smallest uuid: keyset pagination starts after it. */
@@ -70,9 +68,6 @@ export function createQueries(sql: Sql): Queries {
           AND lb.initiator_id <> ${PREBUILDS_USER_ID}::uuid
         ORDER BY w.workspace_id
         LIMIT ${limit}`;
-    },
-    async ping() {
-      await sql`SELECT 1`;
     },
   };
 }

@@ -4,6 +4,8 @@ import type { Logger } from '../observability/log.js';
 export interface ProbeResult {
   ok: boolean;
   detail?: string;
+  /** What this failure means for clients, when it differs from the dependency's usual one. */
+  effect?: string;
 }
 
 /** What the guard last learned about one dependency. */
@@ -21,6 +23,8 @@ export interface DependencyWatchOptions {
   probes: Record<string, () => Promise<ProbeResult>>;
   intervalMs: number;
   log: Logger;
+  /** What clients get while a dependency is down, for the log line (`effect`). */
+  effects?: Record<string, string>;
   /** Told on every probe answer (for the gauge), with whether `up` changed. */
   onProbe?: (name: string, state: DependencyState) => void;
 }
@@ -46,7 +50,7 @@ export function watchDependencies(opts: DependencyWatchOptions): { state: () => 
     const detail = result.ok ? null : (result.detail ?? 'unknown').slice(0, 300);
     if (prev.up !== result.ok) {
       if (result.ok) opts.log.info('dependency up', { dependency: name, was: prev.up === null ? 'unknown' : 'down' });
-      else opts.log.warn('dependency down', { dependency: name, detail, was: prev.up === null ? 'unknown' : 'up', effect: 'none on readiness: the guard keeps proxying (fails open)' });
+      else opts.log.warn('dependency down', { dependency: name, detail, was: prev.up === null ? 'unknown' : 'up', effect: result.effect ?? opts.effects?.[name] ?? 'the guard keeps proxying; readiness is unchanged' });
     }
     states[name] = { up: result.ok, detail, since: prev.up === result.ok ? prev.since : new Date().toISOString() };
     opts.onProbe?.(name, states[name] as DependencyState);

@@ -38,7 +38,7 @@ export function requestBuildinfo(upstream: Upstream, timeoutMs: number): Promise
   return new Promise((resolve) => {
     const req = upstream.request({
       protocol: upstream.url.protocol,
-      hostname: upstream.url.hostname,
+      hostname: upstream.hostname,
       port: upstream.url.port || undefined,
       path: '/api/v2/buildinfo',
       agent: upstream.agent,

@@ -31,3 +31,23 @@ export function createLogger(level: LogLevel, sink: (line: string) => void = (l)
 
 /** A logger that drops everything (tests that do not look at logs). */
 export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+
+/** The first lines of a stack, bounded: enough to find the bug, never a flood. */
+const shortStack = (err: unknown): string | null => (err instanceof Error && err.stack ? err.stack.split('\n').slice(0, 8).join('\n').slice(0, 2000) : null);
+
+/**
+ * Routes what Node itself would print as plain text on stderr through the JSON log, so that
+ * every line the guard writes parses (the primary's and every worker's): process warnings
+ * (Node's own printer is removed), and a fatal error, logged before the process exits 1.
+ * Node's messages name modules and syscalls, not request data; stacks are bounded.
+ */
+export function logProcessOutput(log: Logger, role: string): void {
+  process.removeAllListeners('warning');
+  process.on('warning', (w) => log.warn('node warning', { role, name: w.name, warning: w.message.slice(0, 500), code: (w as { code?: string }).code ?? null }));
+  const fatal = (kind: string) => (err: unknown) => {
+    log.error('fatal error: exiting', { role, kind, error: err instanceof Error ? err.message.slice(0, 500) : String(err).slice(0, 500), code: (err as { code?: string } | null)?.code ?? null, stack: shortStack(err) });
+    process.exit(1);
+  };
+  process.on('uncaughtException', fatal('uncaught_exception'));
+  process.on('unhandledRejection', fatal('unhandled_rejection'));
+}

@@ -11,6 +11,11 @@ import { originForm } from './target.js';
 /** Where proxied requests go, with the keep-alive pool to get there. */
 export interface Upstream {
   readonly url: URL;
+  /**
+   * coderd's host as a connection takes it: an IPv6 literal without the brackets the URL
+   * keeps (`url.hostname` of `http://[::1]:7080` is `[::1]`, which no resolver knows).
+   */
+  readonly hostname: string;
   /** "host:port" of coderd, used when a client sends no Host header. */
   readonly hostPort: string;
   /** undici's keep-alive pool for bodiless requests with an idempotent method (hop.ts). */
@@ -72,6 +77,7 @@ export function createUpstream(opts: UpstreamOptions): Upstream {
   });
   return {
     url: opts.url,
+    hostname: opts.url.hostname.replace(/^\[(.*)\]$/, '$1'),
     hostPort: `${opts.url.hostname}:${port}`,
     pool,
     agent,
@@ -153,7 +159,7 @@ export function openUpstream(upstream: Upstream, req: IncomingMessage, framing: 
   if (upgrade === undefined && connectTarget === undefined) headers = headers.filter(([k]) => !isHeader(k, 'expect'));
   const upReq = upstream.request({
     protocol: upstream.url.protocol,
-    hostname: upstream.url.hostname,
+    hostname: upstream.hostname,
     port: upstream.url.port || undefined,
     method: req.method,
     // CONNECT carries an authority-form target; it too goes only to coderd.

@@ -47,7 +47,6 @@ function fakeDb(builds: Map<string, LatestBuild>, behave: () => Behaviour = () =
         .map(([id, b]) => ({ workspace_id: id, ...b }));
       return run(() => rows);
     },
-    ping: async () => {},
   };
   return { queries, batches, maxInFlight: () => maxInFlight };
 }

@@ -77,6 +77,7 @@ export function classifyDbError(err: unknown): { failure: DbFailure; detail: str
   const e = err as { code?: string; message?: string; errno?: string };
   const code = e?.code ?? '';
   const message = (e?.message ?? String(err)).slice(0, 300);
+  if (code === '42501') return { failure: 'privilege', detail: `missing privilege: apply sql/least-privilege-role.sql to the guard's role (${message})` };
   if (POSTGRES_CODES[code]) return { failure: POSTGRES_CODES[code] as DbFailure, detail: message };
   if (/^(ECONNREFUSED|ECONNRESET|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EHOSTUNREACH|CONNECT_TIMEOUT|CONNECTION_)/.test(code) || code === '57P01' || code === '57P03' || code === '53300') {
     return { failure: 'unavailable', detail: `${code}: ${message}` };

@@ -7,6 +7,7 @@ import type { Decider, Decision } from '../reinit/decider.js';
 import { startControlPlane } from './control.js';
 import { upstreamFrom } from '../proxy/upstream.js';
 import { startProxyServer } from './proxy-server.js';
+import { shutdownDelay } from './index.js';
 
 /**
  * Several proxy workers behind one control plane. Workers carry the traffic (the proxy
@@ -24,13 +25,15 @@ type Msg =
   | { t: 'retired?' };
 
 /** Runs the cluster primary: control plane plus `config.workers` forked workers. */
-export async function runPrimary(config: Config, log: Logger, graceMs: number): Promise<{ stop(): Promise<void> }> {
+export async function runPrimary(config: Config, log: Logger, graceMs: number): Promise<{ stop(delayMs?: number): Promise<void> }> {
   const metrics = createMetrics();
   const upstream = upstreamFrom(config);
   const workers = new Set<Worker>();
   const listening = new Set<Worker>();
   let stopping = false;
   let seq = 0;
+  /** Workers that exited soon after their start, in a row. */
+  let quickExits = 0;
   const pendingMetrics = new Map<number, { left: number; parts: MetricObjectWithValues<MetricValue<string>>[][]; done: () => void }>();
 
   const metricsText = async () => {
@@ -85,12 +88,19 @@ export async function runPrimary(config: Config, log: Logger, graceMs: number): 
         }
       }
     });
+    const forkedAt = performance.now();
     w.once('exit', (code, signal) => {
       workers.delete(w);
       listening.delete(w);
       if (stopping) return;
-      log.error('proxy worker exited; starting another', { code: code ?? null, signal: signal ?? null });
-      void fork().catch(() => {});
+      // A worker that dies soon after its start (a port taken, a bad certificate) would die
+      // again at once: back off, doubling up to 30 s, instead of a fork loop that floods the log.
+      quickExits = performance.now() - forkedAt < 10_000 ? quickExits + 1 : 0;
+      const delayMs = quickExits === 0 ? 0 : Math.min(30_000, 250 * 2 ** (quickExits - 1));
+      log.error('proxy worker exited; starting another', { code: code ?? null, signal: signal ?? null, in_ms: delayMs });
+      setTimeout(() => {
+        if (!stopping) void fork().catch(() => {});
+      }, delayMs).unref();
     });
     return ready;
   };
@@ -98,9 +108,11 @@ export async function runPrimary(config: Config, log: Logger, graceMs: number): 
   await Promise.all(Array.from({ length: config.workers }, fork));
 
   return {
-    async stop() {
-      stopping = true;
+    async stop(delayMs = 0) {
       control.drain();
+      // Workers keep accepting and serving meanwhile; one that dies now is still replaced.
+      await shutdownDelay(log, delayMs);
+      stopping = true;
       const exits = [...workers].map((w) => new Promise<void>((r) => (w.isDead() ? r() : w.once('exit', () => r()))));
       for (const w of workers) if (w.isConnected()) w.send({ t: 'shutdown', graceMs } satisfies Msg);
       const kill = setTimeout(() => workers.forEach((w) => w.process.kill('SIGKILL')), graceMs + 5000);

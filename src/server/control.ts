@@ -41,6 +41,9 @@ export interface ControlOptions {
   proxying: () => ProxyingState;
 }
 
+/** A workspace id no workspace has: the probe's statement finds nothing and reads no row. */
+const NIL_WORKSPACE = '00000000-0000-0000-0000-000000000000';
+
 const withTimeout = <T>(p: Promise<T>, ms: number, what: string) =>
   Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${what} timed out after ${ms}ms`)), ms).unref())]);
 
@@ -77,8 +80,11 @@ export async function startControlPlane(config: Config, opts: ControlOptions): P
       onQueue: (waiting) => metrics.decisionQueue.set(waiting),
     });
     warmer = keepWarm(decider, config.cacheWarmIntervalMs, opts.log, metrics);
+    // The decision statement itself, for a workspace that cannot exist: `SELECT 1` says
+    // "database up" to a role that lacks the grants, and the first sign would be a failed-open
+    // decision when a spurious event is already on its way.
     probes.database = () =>
-      withTimeout(queries.ping(), config.dbTimeoutMs, 'database ping').then(
+      withTimeout(queries.latestBuilds([NIL_WORKSPACE]), config.dbTimeoutMs, 'database probe').then(
         () => ({ ok: true }),
         (err: unknown) => ({ ok: false, detail: classifyDbError(err).detail }),
       );
@@ -103,6 +109,10 @@ export async function startControlPlane(config: Config, opts: ControlOptions): P
 
   const dependencies = watchDependencies({
     probes,
+    effects: {
+      coderd: "clients get 502 in coderd's error shape (504 past the connect deadline) until coderd answers; readiness is unchanged",
+      database: 'a seeded prebuild_claimed event passes unchanged (fails open, counted as failed_open) until the database answers; readiness is unchanged',
+    },
     intervalMs: config.probeIntervalMs,
     log: opts.log,
     onProbe: (name, state) => metrics.dependencyUp.set({ dependency: name }, state.up ? 1 : 0),
@@ -128,7 +138,7 @@ export async function startControlPlane(config: Config, opts: ControlOptions): P
     },
   });
   const admin = http.createServer(getRequestListener(app.fetch, { overrideGlobalObjects: false }));
-  const adminAddress = await listen(admin, config.adminListen.host, config.adminListen.port);
+  const adminAddress = await listen(admin, config.adminListen.host, config.adminListen.port, undefined, false, 'REINIT_GUARD_ADMIN_LISTEN');
 
   return {
     decider,
@@ -150,11 +160,23 @@ export async function startControlPlane(config: Config, opts: ControlOptions): P
   };
 }
 
-/** coderd is up when /api/v2/buildinfo gives any HTTP answer below 500 within 2 s. */
+/**
+ * coderd is up when /api/v2/buildinfo answers with coderd's buildinfo (a JSON `version`)
+ * within 2 s. Any other answer below 500 (a 404, an HTML page) is reachable but not coderd:
+ * REINIT_GUARD_UPSTREAM probably names the wrong service, so it is reported down, saying so.
+ */
 async function probeUpstream(upstream: Upstream): Promise<ProbeResult> {
   const r = await requestBuildinfo(upstream, 2000);
   if (!r.ok) return { ok: false, detail: `unreachable: ${r.code}` };
-  return r.status < 500 ? { ok: true } : { ok: false, detail: `buildinfo answered ${r.status}` };
+  if (r.status >= 500) return { ok: false, detail: `buildinfo answered ${r.status}` };
+  if (r.version === null) {
+    return {
+      ok: false,
+      detail: `REINIT_GUARD_UPSTREAM ${upstream.url.origin} answered /api/v2/buildinfo with ${r.status} and no coderd version: is it coderd's address?`,
+      effect: 'clients get whatever that server answers; the guard keeps proxying to it and readiness is unchanged',
+    };
+  }
+  return { ok: true };
 }
 
 /**

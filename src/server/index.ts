@@ -14,8 +14,39 @@ export interface Guard {
   tlsAddress: AddressInfo | null;
   adminAddress: AddressInfo;
   metrics: Metrics;
-  /** Stops accepting, lets in-flight requests finish within `graceMs`, then closes the rest. */
-  close(graceMs?: number): Promise<void>;
+  /**
+   * Reports not ready at once and keeps serving for `delayMs` (while load balancers stop
+   * sending new connections), then stops accepting, lets in-flight requests finish within
+   * `graceMs`, and closes the rest.
+   */
+  close(graceMs?: number, delayMs?: number): Promise<void>;
+}
+
+/**
+ * The first part of a shutdown: not ready already, still accepting and serving, for `delayMs`.
+ * Without it, every rollout, scale-down and node drain refused the connections that kube-proxy
+ * and load balancers still sent to the pod in the seconds after SIGTERM.
+ */
+export async function shutdownDelay(log: Logger, delayMs: number): Promise<void> {
+  if (delayMs <= 0) return;
+  log.info('not ready; still serving while load balancers stop sending new connections', { delay_ms: delayMs });
+  await new Promise<void>((resolve) => {
+    const timer = setTimeout(done, delayMs);
+    function done() {
+      clearTimeout(timer);
+      hurries.delete(done);
+      resolve();
+    }
+    hurries.add(done);
+  });
+  log.info('draining', {});
+}
+
+const hurries = new Set<() => void>();
+
+/** Ends a running shutdown delay now (a second signal: the operator does not want to wait). */
+export function hurryShutdown(): void {
+  for (const done of [...hurries]) done();
 }
 
 /** Extra wiring for tests and the demo. */
@@ -43,8 +74,9 @@ export async function startGuard(config: Config, opts: StartOptions): Promise<Gu
     tlsAddress: proxy.tlsAddress,
     adminAddress: control.adminAddress,
     metrics,
-    async close(graceMs = 10_000) {
+    async close(graceMs = 10_000, delayMs = 0) {
       control.drain();
+      await shutdownDelay(opts.log, delayMs);
       await proxy.close(graceMs);
       await control.close();
     },

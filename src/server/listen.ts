@@ -9,14 +9,31 @@ import { effectiveBacklog } from '../config/index.js';
  * connection dropped at a full queue comes back only after TCP's SYN retransmission backoff
  * (1 s, 3 s, 7 s, ...). The kernel caps it at net.core.somaxconn.
  */
-export const listen = (server: Server, host: string, port: number, backlog?: number, reusePort = false) =>
+export const listen = (server: Server, host: string, port: number, backlog?: number, reusePort = false, variable?: string) =>
   new Promise<AddressInfo>((resolve, reject) => {
-    server.once('error', reject);
+    const failed = (err: NodeJS.ErrnoException) => reject(variable ? new ListenError(variable, host, port, err) : err);
+    server.once('error', failed);
     server.listen({ port, host, ...(backlog ? { backlog } : {}), ...(reusePort ? { reusePort } : {}) }, () => {
-      server.off('error', reject);
+      server.off('error', failed);
       resolve(server.address() as AddressInfo);
     });
   });
+
+const LISTEN_CAUSES: Record<string, string> = {
+  EADDRINUSE: 'the address is already in use (another process, or the other listen variable)',
+  EACCES: 'permission denied (a port below 1024 needs privileges)',
+  EADDRNOTAVAIL: 'the host is not an address of this machine',
+};
+
+/** A listener that could not bind, naming the variable that configured it. */
+export class ListenError extends Error {
+  readonly code: string | undefined;
+  constructor(variable: string, host: string, port: number, cause: NodeJS.ErrnoException) {
+    const shown = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+    super(`${variable} ${shown}: cannot listen: ${LISTEN_CAUSES[cause.code ?? ''] ?? cause.message} (${cause.code ?? 'error'})`, { cause });
+    this.code = cause.code;
+  }
+}
 
 /** Most listening sockets one process opens for one address. */
 const MAX_SOCKETS = 16;
@@ -42,14 +59,19 @@ export function listenSockets(backlog: number, granted = effectiveBacklog(backlo
  * Listens on one address with `count` sockets (SO_REUSEPORT when more than one), each an
  * http.Server from `make` with the same handlers; resolves with the servers and the address.
  */
-export async function listenAll<S extends Server>(make: () => S, host: string, port: number, backlog: number, count: number): Promise<{ servers: S[]; address: AddressInfo }> {
+export async function listenAll<S extends Server>(make: () => S, host: string, port: number, backlog: number, count: number, variable?: string): Promise<{ servers: S[]; address: AddressInfo }> {
   const first = make();
-  const address = await listen(first, host, port, backlog, count > 1);
+  const address = await listen(first, host, port, backlog, count > 1, variable);
   const servers = [first];
-  for (let i = 1; i < count; i++) {
-    const server = make();
-    await listen(server, host, address.port, backlog, true);
-    servers.push(server);
+  try {
+    for (let i = 1; i < count; i++) {
+      const server = make();
+      await listen(server, host, address.port, backlog, true, variable);
+      servers.push(server);
+    }
+  } catch (err) {
+    for (const s of servers) s.close();
+    throw err;
   }
   return { servers, address };
 }

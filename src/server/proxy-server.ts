@@ -148,7 +148,7 @@ export async function startProxyServer(
       socket.once('close', () => clients--);
     });
   const sockets = listenSockets(config.listenBacklog);
-  const plain = await listenAll(() => countClients(wire(http.createServer(serverOptions, requests))), config.listen.host, config.listen.port, config.listenBacklog, sockets);
+  const plain = await listenAll(() => countClients(wire(http.createServer(serverOptions, requests))), config.listen.host, config.listen.port, config.listenBacklog, sockets, 'REINIT_GUARD_LISTEN');
   servers.push(...plain.servers);
   const address = plain.address;
   metrics.connectionSources = {
@@ -159,7 +159,7 @@ export async function startProxyServer(
   if (config.tlsListen && config.tlsCert && config.tlsKey) {
     // Same handler, same tunnel: a client that reached coderd on 443 sees the same guard.
     const { tlsCert: cert, tlsKey: key } = config;
-    const tls = await listenAll(() => countClients(wire(https.createServer({ ...serverOptions, cert, key }, requests))), config.tlsListen.host, config.tlsListen.port, config.listenBacklog, sockets);
+    const tls = await listenAll(() => countClients(wire(https.createServer({ ...serverOptions, cert, key }, requests))), config.tlsListen.host, config.tlsListen.port, config.listenBacklog, sockets, 'REINIT_GUARD_TLS_LISTEN');
     servers.push(...tls.servers);
     tlsAddress = tls.address;
   }

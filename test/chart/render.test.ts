@@ -129,6 +129,20 @@ describe('topology-specific objects (helm3 output; helm4 renders the same golden
     expect(configMap(o).REINIT_GUARD_UPSTREAM).toBe('http://coder-upstream.coder.svc.cluster.local:80');
   });
 
+  it('rollouts: never below the desired ready replicas, and a grace period that covers the shutdown delay and drain', () => {
+    const o = objs('takeover');
+    const deployment = o.find((x) => x.kind === 'Deployment')!;
+    const spec = deployment.spec as { strategy: unknown; template: { spec: { terminationGracePeriodSeconds: number } } };
+    expect(spec.strategy).toMatchObject({ type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 0 } });
+    const cm = configMap(o);
+    expect(cm.REINIT_GUARD_SHUTDOWN_DELAY).toBe('10s');
+    expect(cm.REINIT_GUARD_SHUTDOWN_GRACE).toBe('10s');
+    // The guard keeps serving for the delay, then drains for the grace period: both, and a margin.
+    expect(spec.template.spec.terminationGracePeriodSeconds).toBe(10 + 10 + 15);
+    // Retirement is on by default (the first release proven fixed).
+    expect(cm.REINIT_GUARD_RETIRE_AT).toBe('>=2.35.1');
+  });
+
   it('tls: the coder Service serves 443 from the guard, which reaches coder over https', () => {
     const o = objs('tls');
     const coder = o.find((x) => x.kind === 'Service' && x.metadata.name === 'coder')!;

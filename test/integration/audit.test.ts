@@ -89,10 +89,14 @@ describe('audit', () => {
       ['v2.34.3+4653f32', '', true],
       ['v2.35.1+8b44bd6', '', false],
       ['v2.34.5+abc1234', '', null],
+      // The default range (>=2.35.1) says nothing about the releases between.
+      ['v2.34.5+abc1234', undefined, null],
+      ['v2.35.1+8b44bd6', undefined, false],
+      ['v2.34.3+4653f32', undefined, true],
     ] as const) {
       const s = await startCoderdStandin({ pgUrl: db.url, version });
       standins.push(s);
-      const { out } = await audit(['--json', '--limit', '0'], { REINIT_GUARD_PG_URL: db.url, REINIT_GUARD_UPSTREAM: s.url, ...(retireAt ? { REINIT_GUARD_RETIRE_AT: retireAt } : {}) });
+      const { out } = await audit(['--json', '--limit', '0'], { REINIT_GUARD_PG_URL: db.url, REINIT_GUARD_UPSTREAM: s.url, ...(retireAt === undefined ? {} : { REINIT_GUARD_RETIRE_AT: retireAt }) });
       expect((JSON.parse(out) as AuditReport).coderd).toMatchObject({ version, affected });
     }
   });

@@ -190,6 +190,33 @@ describe('database access', () => {
     const line = g.logs.entries().find((e) => e.outcome === 'failed_open');
     expect(line).toMatchObject({ reason: 'db_privilege' });
     expect(String(line?.detail)).toContain('permission denied for table provisioner_jobs');
+    expect(String(line?.detail)).toContain('apply sql/least-privilege-role.sql');
+    expect(g.logs.text()).not.toContain(password);
+  });
+
+  it('a revoked grant shows in /readyz, the gauge and the log within one probe, naming the grant file; still ready', async () => {
+    const role = `revoked_${randomBytes(3).toString('hex')}`;
+    const password = randomBytes(9).toString('hex');
+    const script = (await readFile(new URL('../../sql/least-privilege-role.sql', import.meta.url), 'utf8'))
+      .replaceAll('coder_reinit_guard', role)
+      .replace("'change-me'", `'${password}'`);
+    await db.sql.unsafe(script);
+    const url = new URL(db.url);
+    url.username = role;
+    url.password = password;
+    const g = await start({ REINIT_GUARD_PG_URL: url.toString(), REINIT_GUARD_PROBE_INTERVAL: '100ms' });
+    type Readyz = { ready: boolean; dependencies: Record<string, { up: boolean | null; detail: string | null }> };
+    const readyz = async () => (await (await fetch(`${g.adminUrl}/readyz`)).json()) as Readyz;
+    await expect.poll(async () => (await readyz()).dependencies.database?.up, { timeout: 10_000 }).toBe(true);
+    await db.sql.unsafe(`REVOKE SELECT (id, input) ON provisioner_jobs FROM ${role}`);
+    await expect.poll(async () => (await readyz()).dependencies.database?.up, { timeout: 10_000 }).toBe(false);
+    const body = await readyz();
+    expect(body.ready).toBe(true);
+    expect(body.dependencies.database?.detail).toContain('apply sql/least-privilege-role.sql');
+    expect(await g.metric('coder_reinit_guard_dependency_up', { dependency: 'database' })).toBe(0);
+    const down = g.logs.entries().find((e) => e.msg === 'dependency down' && e.dependency === 'database');
+    expect(String(down?.detail)).toContain('sql/least-privilege-role.sql');
+    expect(String(down?.effect)).toContain('fails open');
     expect(g.logs.text()).not.toContain(password);
   });
 

@@ -1,3 +1,5 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type postgres from 'postgres';
 import { connectReinit, receivedClaim } from '../../testkit/agent-client.js';
@@ -95,6 +97,25 @@ describe('readiness', () => {
     const res = await fetch(`${g.url}/api/v2/users/me`);
     expect(res.status).toBe(502);
     expect(await res.json()).toMatchObject({ message: 'Failed to reach coderd.' });
-    expect(g.logs.entries().filter((e) => e.msg === 'dependency down' && e.dependency === 'coderd')).toHaveLength(1);
+    const down = g.logs.entries().filter((e) => e.msg === 'dependency down' && e.dependency === 'coderd');
+    expect(down).toHaveLength(1);
+    // The log says what clients get meanwhile.
+    expect(String(down[0]?.effect)).toContain('clients get 502');
+  });
+
+  it('an upstream that is not coderd (404 on buildinfo) is reported as such; still ready and proxying', async () => {
+    const other = http.createServer((req, res) => {
+      res.writeHead(req.url === '/hello' ? 200 : 404, { 'Content-Type': 'text/plain' }).end(req.url === '/hello' ? 'hi' : 'not found');
+    });
+    await new Promise<void>((r) => other.listen(0, '127.0.0.1', r));
+    closers.push(() => new Promise((r) => other.close(r)));
+    const g = await start({ REINIT_GUARD_UPSTREAM: `http://127.0.0.1:${(other.address() as AddressInfo).port}`, REINIT_GUARD_PG_URL: db.url });
+    await waitFor(async () => (await readyz(g)).body.dependencies.coderd?.up === false, 5000, 'the upstream to be judged');
+    const { status, body } = await readyz(g);
+    expect(status).toBe(200);
+    expect(body.dependencies.coderd?.detail).toContain("answered /api/v2/buildinfo with 404 and no coderd version: is it coderd's address?");
+    expect(await (await fetch(`${g.url}/hello`)).text()).toBe('hi');
+    const down = g.logs.entries().find((e) => e.msg === 'dependency down' && e.dependency === 'coderd');
+    expect(String(down?.detail)).toContain('REINIT_GUARD_UPSTREAM');
   });
 });

@@ -15,7 +15,7 @@ import { freshDatabase, waitFor } from '../support/env.js';
  * The image's runtime stage without a Docker engine: the layout the Dockerfile assembles
  * (production dependencies installed with `--omit=dev --ignore-scripts`, `dist/`,
  * `package.json`, nothing else from the repository), run by the Node the image ships
- * (Node 22, from .ci/node22) as uid 65532. `npm run build` first.
+ * (Node 26, from `.ci/node 26`) as uid 65532. `npm run build` first.
  */
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const UID = 65532;
@@ -27,12 +27,12 @@ let longClaimed: Seeded;
 
 beforeAll(async () => {
   expect(existsSync(path.join(root, 'dist/main.js')), 'dist/main.js: run npm run build first').toBe(true);
-  node = path.join(execFileSync(path.join(root, '.ci/node22'), { encoding: 'utf8' }).trim(), 'node');
+  node = path.join(execFileSync(path.join(root, '.ci/node'), ['26'], { encoding: 'utf8' }).trim(), 'node');
   dir = mkdtempSync(path.join(os.tmpdir(), 'crg-runtime-'));
   chmodSync(dir, 0o755);
   copyFileSync(path.join(root, 'package.json'), path.join(dir, 'package.json'));
   copyFileSync(path.join(root, 'package-lock.json'), path.join(dir, 'package-lock.json'));
-  // As the prod-deps stage: npm ci --omit=dev --ignore-scripts, run by Node 22.
+  // As the prod-deps stage: npm ci --omit=dev --ignore-scripts, run by Node 26.
   execFileSync('npm', ['ci', '--omit=dev', '--ignore-scripts', '--no-audit', '--no-fund'], { cwd: dir, stdio: 'pipe', env: { ...process.env, PATH: `${path.dirname(node)}:${process.env.PATH ?? ''}` } });
   rmSync(path.join(dir, 'package-lock.json'));
   cpSync(path.join(root, 'dist'), path.join(dir, 'dist'), { recursive: true });
@@ -47,7 +47,7 @@ afterAll(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-/** Runs Node 22 in the runtime folder as uid/gid 65532 with only the given environment. */
+/** Runs Node 26 in the runtime folder as uid/gid 65532 with only the given environment. */
 const asNonRoot = (args: string[], env: Record<string, string>) =>
   spawn('setpriv', [`--reuid=${UID}`, `--regid=${UID}`, '--clear-groups', '--', node, ...args], { cwd: dir, env: { NODE_ENV: 'production', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
 
@@ -58,7 +58,7 @@ describe('the runtime stage of the image', () => {
     for (const prod of ['hono', 'postgres', 'undici', 'prom-client']) expect(existsSync(path.join(dir, 'node_modules', prod)), prod).toBe(true);
   });
 
-  it('starts as uid 65532 on Node 22, serves, decides, and exits 0 on SIGTERM', async () => {
+  it('starts as uid 65532 on Node 26, serves, decides, and exits 0 on SIGTERM', async () => {
     const [port, admin] = [await freePort(), await freePort()];
     const child = asNonRoot(['dist/main.js'], {
       REINIT_GUARD_UPSTREAM: standin.url,
@@ -77,7 +77,7 @@ describe('the runtime stage of the image', () => {
     expect((await fetch(`http://127.0.0.1:${port}/api/v2/buildinfo`)).status).toBe(200);
     expect((await connectReinit(`http://127.0.0.1:${port}`, longClaimed.token)).status).toBe(409);
     const version = await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text();
-    expect(version).toMatch(/coder_reinit_guard_nodejs_version_info\{version="v22\./);
+    expect(version).toMatch(/coder_reinit_guard_nodejs_version_info\{version="v26\./);
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
   });

@@ -32,7 +32,8 @@ export interface Spawned {
 export function spawnEntryPoint(env: Record<string, string>, args: string[] = []): Spawned {
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], {
     cwd: root,
-    env: { PATH: process.env.PATH ?? '', ...env },
+    // No shutdown delay unless a test asks for one: tests stop guards by the dozen.
+    env: { PATH: process.env.PATH ?? '', REINIT_GUARD_SHUTDOWN_DELAY: '0s', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const out = { stdout: '', stderr: '' };
