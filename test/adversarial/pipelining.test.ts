@@ -4,8 +4,9 @@ import { startCountingUpstream, type CountingUpstream } from '../../testkit/coun
 import { freePort } from '../../testkit/pg.js';
 import type { Proc } from '../../testkit/procs.js';
 import { startTestGuard, waitFor, type TestGuard } from '../support/env.js';
+import { startScriptedUpstream, type ScriptedUpstream } from '../../testkit/scripted-upstream.js';
 import { startReferenceNginx } from './harness.js';
-import { prng } from './responses.js';
+import { generateResponse, prng, type GeneratedResponse } from './responses.js';
 
 /**
  * Pipelining through the guard and through nginx (the reference proxy), each in front of
@@ -102,16 +103,24 @@ function statusesOf(raw: Buffer, methods: string[]): number[] {
 }
 
 /**
- * Sends the case's bytes on a fresh connection to `port` and reads until the proxy closes,
- * the case's answers arrived, or the client leaves as the case says (bounded at 20 s);
- * then waits until the upstream holds nothing open.
+ * Puts `tag` at the end of every request target in `bytes`: the upstream then tells this
+ * run's requests from a late one of an earlier run (a proxy may forward one more request
+ * before it sees its client leave).
  */
-async function run(port: number, upstream: CountingUpstream, c: Case): Promise<Outcome> {
-  // Requests an earlier case left open (a defect that case reports) do not count here.
-  const base = upstream.open;
-  upstream.reset();
+const tagged = (bytes: string, tag: string) => bytes.replace(/(?<![A-Z])(GET|HEAD|PUT|POST|DELETE) (\S+)(?= HTTP|\r\n)/g, `$1 $2${tag}`);
+let runs = 0;
+/** A fresh tag for one case, the same for the guard's run and nginx's. */
+const nextTag = () => `~${runs++}`;
+
+/**
+ * Sends the case's bytes (targets tagged) on a fresh connection to `port` and reads until
+ * the proxy closes, the case's answers arrived, or the client leaves as the case says
+ * (bounded at 20 s); then waits until none of the case's requests is open upstream.
+ */
+async function run(port: number, upstream: CountingUpstream, c: Case, tag: string): Promise<Outcome> {
   const want = c.answers ?? c.guard?.length ?? 1;
   const methods = methodsOf(c.bytes);
+  const mine = () => upstream.events.filter((e) => e.endsWith(tag));
   const raw = await new Promise<Buffer>((resolve) => {
     const socket = net.connect(port, '127.0.0.1');
     const chunks: Buffer[] = [];
@@ -129,11 +138,28 @@ async function run(port: number, upstream: CountingUpstream, c: Case): Promise<O
     });
     socket.on('error', () => {});
     socket.on('close', done);
-    socket.write(Buffer.from(c.bytes, 'latin1'));
-    if (c.abort === 'first-arrival') poll = setInterval(() => upstream.arrived.length > 0 && done(), 5);
+    socket.write(Buffer.from(tagged(c.bytes, tag), 'latin1'));
+    if (c.abort === 'first-arrival') poll = setInterval(() => mine().length > 0 && done(), 5);
   });
-  await waitFor(() => upstream.open <= base, 10_000, 'nothing left open upstream');
-  return { statuses: statusesOf(raw, methods), arrived: [...upstream.arrived], events: [...upstream.events], maxOpen: upstream.maxOpen - base };
+  // Open requests of this run, and the most ever open at once, from what the upstream saw.
+  const replay = (events: string[]) => {
+    let open = 0;
+    let max = 0;
+    for (const e of events) {
+      if (e.startsWith('arrive ')) max = Math.max(max, ++open);
+      else if (!e.startsWith('upgrade ')) open--;
+    }
+    return { open, max };
+  };
+  await waitFor(() => replay(mine()).open === 0, 10_000, 'nothing left open upstream');
+  const events = mine();
+  const untag = (s: string) => s.slice(0, -tag.length);
+  return {
+    statuses: statusesOf(raw, methods),
+    arrived: upstream.arrived.filter((t) => t.endsWith(tag)).map(untag),
+    events: events.map(untag),
+    maxOpen: replay(events).max,
+  };
 }
 
 const CASES: Case[] = [
@@ -182,16 +208,19 @@ function checkGuard(o: Outcome, aborted: boolean): void {
   // of the one before.
   expect(o.maxOpen).toBeLessThanOrEqual(1);
   for (let i = 0; i < o.events.length; i += 2) expect(o.events[i]).toMatch(/^(arrive|upgrade) /);
-  // Never more forwarded than answered; a client that left may have one request cut short.
+  // Never more forwarded than answered. A client that left may have its request in flight
+  // cut short, and one more may go before the guard sees it gone: its leaving shows only
+  // when the guard next reads (or, past PAUSE_AFTER waiting requests, writes) its socket.
   const forwarded = o.arrived.length;
-  expect(forwarded).toBeLessThanOrEqual(finals(o.statuses) + (aborted ? 1 : 0));
+  expect(forwarded).toBeLessThanOrEqual(finals(o.statuses) + (aborted ? 2 : 0));
 }
 
 describe.each(CASES)('$name', (c) => {
   let viaGuard: Outcome;
   let viaNginx: Outcome;
   beforeAll(async () => {
-    [viaGuard, viaNginx] = await Promise.all([run(guard.guard.proxyAddress.port, guardUpstream, c), run(nginx.port, nginxUpstream, c)]);
+    const tag = nextTag();
+    [viaGuard, viaNginx] = await Promise.all([run(guard.guard.proxyAddress.port, guardUpstream, c, tag), run(nginx.port, nginxUpstream, c, tag)]);
   });
 
   it('one request in flight upstream, none left open, never more forwarded than answered', () => checkGuard(viaGuard, c.abort !== undefined));
@@ -243,10 +272,126 @@ const FUZZED = Array.from({ length: FUZZ_CASES }, (_, n) => randomPipeline(rnd, 
 
 describe('seeded random pipelines', () => {
   it.each(FUZZED)('$name', async (c) => {
-    const [viaGuard, viaNginx] = await Promise.all([run(guard.guard.proxyAddress.port, guardUpstream, c), run(nginx.port, nginxUpstream, c)]);
+    const tag = nextTag();
+    const [viaGuard, viaNginx] = await Promise.all([run(guard.guard.proxyAddress.port, guardUpstream, c, tag), run(nginx.port, nginxUpstream, c, tag)]);
     checkGuard(viaGuard, c.abort !== undefined);
     if (c.abort) return;
     expect(viaGuard.statuses).toEqual(c.guard);
     expect({ statuses: viaGuard.statuses, arrived: viaGuard.arrived, events: viaGuard.events }).toEqual({ statuses: viaNginx.statuses, arrived: viaNginx.arrived, events: viaNginx.events });
+  });
+});
+
+/**
+ * Seeded odd answers of coderd's inside a pipeline (ODD_CASES widens it): the first request
+ * of a connection gets a generated response (odd statuses, framing conflicts, bad headers,
+ * 1xx, 101) and a well-formed `GET /ok` waits behind it. Whatever becomes of the first
+ * answer (relayed, a 502, a cut connection), the second is either coderd's own answer to
+ * it, whole and after the first, or never comes: never mixed into another. When the first
+ * answer is plainly valid, both arrive.
+ */
+const ODD_CASES = Number(process.env.ODD_CASES ?? 60);
+
+interface Message {
+  status: number;
+  body: string;
+  complete: boolean;
+}
+
+/** The final answers in a client's byte stream, read in order (`methods`: its requests'). */
+function messagesOf(raw: Buffer, methods: string[], closed: boolean): Message[] {
+  const text = raw.toString('latin1');
+  const out: Message[] = [];
+  let at = 0;
+  while (at < text.length) {
+    const end = text.indexOf('\r\n\r\n', at);
+    const m = /^HTTP\/1\.[01] (\d{3})/.exec(text.slice(at, at + 16));
+    if (end === -1 || !m) break;
+    const status = Number(m[1]);
+    const head = text.slice(at, end);
+    at = end + 4;
+    if (status < 200 && status !== 101) continue;
+    const bodiless = methods[out.length] === 'HEAD' || status === 204 || status === 304 || status === 101;
+    const cl = /\r\ncontent-length: *(\d+)/i.exec(head);
+    if (bodiless) out.push({ status, body: '', complete: true });
+    else if (/\r\ntransfer-encoding: *chunked/i.test(head)) {
+      let body = '';
+      for (;;) {
+        const eol = text.indexOf('\r\n', at);
+        const size = parseInt(text.slice(at, eol), 16);
+        if (eol === -1 || Number.isNaN(size) || text.length < eol + 2 + size + 2) return [...out, { status, body, complete: false }];
+        if (size === 0) {
+          // The last chunk, then trailer lines up to an empty line.
+          const trailerEnd = text.indexOf('\r\n\r\n', eol);
+          if (trailerEnd === -1) return [...out, { status, body, complete: false }];
+          at = trailerEnd + 4;
+          break;
+        }
+        body += text.slice(eol + 2, eol + 2 + size);
+        at = eol + 2 + size + 2;
+      }
+      out.push({ status, body, complete: true });
+    } else if (cl) {
+      const n = Number(cl[1]);
+      out.push({ status, body: text.slice(at, at + n), complete: text.length >= at + n });
+      at += n;
+    } else {
+      out.push({ status, body: text.slice(at), complete: closed });
+      break;
+    }
+  }
+  return out;
+}
+
+describe('seeded odd answers inside a pipeline', () => {
+  let scripted: ScriptedUpstream;
+  let oddGuard: TestGuard;
+  const rndOdd = prng(SEED + 1);
+  const odd: Array<{ i: number; method: 'GET' | 'HEAD'; response: GeneratedResponse }> = Array.from({ length: ODD_CASES }, (_, i) => {
+    const method = i % 3 === 2 ? 'HEAD' : 'GET';
+    return { i, method, response: generateResponse(rndOdd, method === 'HEAD') };
+  });
+  const plain = (c: (typeof odd)[number]) => c.response.valid && !(c.method === 'HEAD' && c.response.hasBody);
+
+  beforeAll(async () => {
+    scripted = await startScriptedUpstream((target) => {
+      const c = odd[Number(/^\/odd\/(\d+)/.exec(target)?.[1] ?? -1)];
+      if (!c) return null;
+      return { bytes: c.response.bytes, then: !plain(c) ? 'later' : c.response.closeDelimited ? 'end' : 'keep' };
+    });
+    oddGuard = await startTestGuard({ REINIT_GUARD_UPSTREAM: scripted.url, REINIT_GUARD_MODE: 'off' });
+  });
+
+  afterAll(async () => {
+    await oddGuard?.guard.close(100);
+    await scripted?.close();
+  });
+
+  it.each(odd)('#$i $method: the answer behind it is whole, in order, or never comes', async (c) => {
+    const methods = [c.method, 'GET'];
+    const raw = await new Promise<Buffer>((resolve) => {
+      const socket = net.connect(oddGuard.guard.proxyAddress.port, '127.0.0.1');
+      const chunks: Buffer[] = [];
+      const done = () => {
+        clearTimeout(cap);
+        socket.destroy();
+        resolve(Buffer.concat(chunks));
+      };
+      const cap = setTimeout(done, 3000);
+      socket.on('data', (chunk: Buffer) => {
+        chunks.push(chunk);
+        const got = messagesOf(Buffer.concat(chunks), methods, false);
+        if (got.length === 2 && got[1]!.complete) done();
+      });
+      socket.on('error', () => {});
+      socket.on('close', done);
+      socket.write(`${c.method} /odd/${c.i} HTTP/1.1\r\nHost: h\r\n\r\nGET /ok HTTP/1.1\r\nHost: h\r\n\r\n`);
+    });
+    const got = messagesOf(raw, methods, true);
+    const label = `[${c.response.name}] -> ${JSON.stringify(got.map((m) => [m.status, m.body.slice(0, 20), m.complete]))}`;
+    expect(got.length, label).toBeLessThanOrEqual(2);
+    if (got.length === 2) expect(got[1], label).toEqual({ status: 200, body: 'good', complete: true });
+    // Nothing of /ok's answer inside the first one.
+    if (got.length >= 1) expect(got[0]!.body.includes('good'), label).toBe(false);
+    if (plain(c) && !c.response.closeDelimited) expect(got.length, label).toBe(2);
   });
 });
