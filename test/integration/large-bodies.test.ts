@@ -32,8 +32,10 @@ describe('large bodies stream through with bounded memory', () => {
       deterministicStream(100 * MiB).pipe(req);
     });
     expect(received).toMatchObject({ bodyBytes: 100 * MiB, bodySha256: expected.sha256 });
-    // Buffering the upload would cost at least its size; streaming costs a few buffers.
-    expect(guard.memory().peak - before).toBeLessThan(48 * MiB);
+    // Buffering the upload would cost at least its size; streaming costs a few buffers and
+    // the heap's own growth (under 48 MiB on Node 20, up to 60 MiB on Node 26, whose V8
+    // collects later): well under the 100 MiB it would take to hold the body.
+    expect(guard.memory().peak - before).toBeLessThan(75 * MiB);
   });
 
   it('a 64 MiB download arrives intact, Content-Length kept, memory bounded', async () => {

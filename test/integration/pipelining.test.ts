@@ -1,4 +1,6 @@
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
+import tls from 'node:tls';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { startCountingUpstream, type CountingUpstream } from '../../testkit/counting-upstream.js';
 import { freePort } from '../../testkit/pg.js';
@@ -124,17 +126,48 @@ describe('pipelined requests on one connection', () => {
       const grew = proc.memory().peak - before;
       console.log(`pipelined ${n}: peak RSS grew past the baseline's ${(grew / 2 ** 20).toFixed(1)} MiB; upstream connections ${upstream.connections}`);
       expect(upstream.maxOpen).toBe(1);
+      expect(upstream.connections).toBeLessThan(n / 20);
       expect(count(got, 'HTTP/1.1 200 OK')).toBe(n);
       const order = [...got.matchAll(/\/p\/(\d+);/g)].map((m) => Number(m[1]));
       expect(order).toEqual(Array.from({ length: n }, (_, i) => i));
       expect(upstream.arrived).toEqual(Array.from({ length: n }, (_, i) => `/p/${i}`));
-      // Pipelining costs no more than the same requests one by one (it cost 52 MiB more
-      // before requests waited their turn: 5,000 upstream connections).
-      expect(grew).toBeLessThan(16 * 2 ** 20);
+      // Pipelining costs no more than the same requests one by one, give or take the heap's
+      // own growth: holding every request (5,000 upstream connections, before requests waited
+      // their turn) cost 52 MiB more on Node 20. The bound is wider than Node 20 needs (under
+      // 16 MiB there) because Node 26's V8 lets its heap grow further before collecting: 24 to
+      // 42 MiB past the baseline here. One request in flight, asserted above, is the rule itself.
+      expect(grew).toBeLessThan(48 * 2 ** 20);
     } finally {
       await proc.stop();
     }
   }, 180_000);
+
+  it('on the TLS listener too: 2,000 pipelined GETs, one in flight, each answered in order', async () => {
+    const cert = (f: string) => new URL(`../../testkit/tls/${f}`, import.meta.url).pathname;
+    const tlsGuard = await startTestGuard({
+      REINIT_GUARD_UPSTREAM: upstream.url,
+      REINIT_GUARD_MODE: 'off',
+      REINIT_GUARD_TLS_LISTEN: '127.0.0.1:0',
+      REINIT_GUARD_TLS_CERT_FILE: cert('server.pem'),
+      REINIT_GUARD_TLS_KEY_FILE: cert('server.key'),
+    });
+    try {
+      const n = 2000;
+      const socket = tls.connect({ host: '127.0.0.1', port: tlsGuard.guard.tlsAddress!.port, ca: readFileSync(cert('ca.pem')), servername: 'localhost' });
+      socket.on('error', () => {});
+      let got = '';
+      const all = new Promise<void>((resolve) => socket.on('data', (c: Buffer) => (got += c.toString('latin1')).split(';').length > n && resolve()));
+      socket.write(Array.from({ length: n }, (_, i) => get(`/t/${i}`)).join(''));
+      await all;
+      socket.destroy();
+      expect(upstream.maxOpen).toBe(1);
+      // Serial requests reuse a pooled connection or two, where the fan-out opened one each.
+      expect(upstream.connections).toBeLessThan(n / 20);
+      expect([...got.matchAll(/\/t\/(\d+);/g)].map((m) => Number(m[1]))).toEqual(Array.from({ length: n }, (_, i) => i));
+    } finally {
+      await tlsGuard.guard.close(100);
+    }
+  }, 120_000);
 
   it('a client that leaves takes its pipelined requests with it: none stays open upstream, the waiting ones never go', async () => {
     const client = connect(get('/watch/1') + get('/watch/2') + get('/watch/3'));
