@@ -18,4 +18,10 @@ describe('the Grafana dashboard shipped in the chart', () => {
     const titles = dashboard.panels.map((p) => p.title).join(' | ');
     for (const t of [/suppress|stopped/i, /latency/i, /failed open/i, /traffic/i]) expect(titles).toMatch(t);
   });
+
+  it('shows the pass-through traffic: requests by status class and origin, the guard\'s own 5xx, latency, bytes', () => {
+    const exprs = dashboard.panels.flatMap((p) => p.targets.map((t) => t.expr)).join('\n');
+    for (const m of ['coder_reinit_guard_http_requests_total', 'coder_reinit_guard_http_request_duration_seconds_bucket', 'coder_reinit_guard_http_bytes_total']) expect(exprs).toContain(m);
+    expect(exprs).toMatch(/origin="guard",code="5xx"/);
+  });
 });

@@ -61,6 +61,7 @@ export interface Config {
   /** How long in-flight requests may take to finish on SIGTERM. */
   shutdownGraceMs: number;
   shutdownDelayMs: number;
+  accessLog: boolean;
   /** Semver range of fixed coderd versions at which the guard stops intervening. */
   retireAt: string | undefined;
   /** How often coderd's buildinfo is read. */
@@ -182,6 +183,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   option({ env: 'REINIT_GUARD_HOLD_MAX', key: 'holdMaxMs', doc: 'how long a stream held back (claim build not created yet) is kept before it is ended cleanly, so the agent reconnects and is judged again', default: DEFAULT_HOLD_MAX, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_HOLD_RECHECK', key: 'holdRecheckMs', doc: 'how often a held stream asks the database (bypassing the cache) whether the claim build exists; once it does, the stream is ended cleanly so the agent reconnects and gets coderd\'s genuine event', default: DEFAULT_HOLD_RECHECK, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_LOG_LEVEL', key: 'logLevel', doc: 'debug, info, warn or error', default: DEFAULT_LOG_LEVEL, parse: (r) => parseEnum(r, LOG_LEVELS) }),
+  option({ env: 'REINIT_GUARD_ACCESS_LOG', key: 'accessLog', doc: 'on: one JSON line per proxied request (method, path without its query, status, origin, duration, upstream time, bytes in and out; never a header, cookie, token or query value); off: none', default: 'off', parse: (r) => { const v = r.trim(); return v === 'on' ? { ok: true, value: true } : v === 'off' ? { ok: true, value: false } : { ok: false, rule: 'use on or off' }; } }),
   option({ env: 'REINIT_GUARD_FORWARDED_HEADERS', key: 'forwardedHeaders', doc: 'append: add the client to X-Forwarded-For and set X-Forwarded-Proto/Host if absent; off: forward them as received', default: DEFAULT_FORWARDED_HEADERS, parse: (r) => parseEnum(r, FORWARDED_HEADER_MODES) }),
   option({ env: 'REINIT_GUARD_HEADER_TIMEOUT', key: 'headerTimeoutMs', doc: 'how long a client may take to send its request headers (slow-client protection); streams and bodies have no deadline', default: DEFAULT_HEADER_TIMEOUT, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_UPSTREAM_CONNECT_TIMEOUT', key: 'upstreamConnectTimeoutMs', doc: 'deadline for opening a connection to coderd; past it the client gets 504', default: DEFAULT_UPSTREAM_CONNECT_TIMEOUT, parse: parseDuration }),

@@ -26,6 +26,10 @@ export interface Metrics {
   decisionQueue: Gauge;
   upstreamErrors: Counter<'kind'>;
   upstreamRetries: Counter<'reason'>;
+  /** Pass-through traffic (observability/traffic.ts). */
+  httpRequests: Counter<'method' | 'code' | 'origin'>;
+  httpDuration: Histogram<'origin'>;
+  httpBytes: Counter<'direction'>;
   internalErrors: Counter<'where'>;
   refused: Counter<'reason'>;
   inflight: Gauge;
@@ -123,6 +127,25 @@ export function createMetrics(defaults = true): Metrics {
     decisionQueue: new Gauge({
       name: 'coder_reinit_guard_decision_queue',
       help: 'Workspace lookups waiting in the guard for a free database connection (they wait without a deadline; only a statement has one).',
+      registers,
+    }),
+    httpRequests: new Counter({
+      name: 'coder_reinit_guard_http_requests_total',
+      help: 'Proxied requests by method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, other), status class (1xx-5xx; none when the client left before any answer) and origin (coderd: its answer relayed; guard: answered by the guard itself: its errors, refusals and the 409 it sends in place of a spurious event). Upgrades and tunnels are not counted here (open_streams).',
+      labelNames: ['method', 'code', 'origin'],
+      registers,
+    }),
+    httpDuration: new Histogram({
+      name: 'coder_reinit_guard_http_request_duration_seconds',
+      help: "Time from a proxied request's arrival to the end of its response, by origin: API calls take milliseconds, streams (watches, /reinit) minutes to hours.",
+      labelNames: ['origin'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600],
+      registers,
+    }),
+    httpBytes: new Counter({
+      name: 'coder_reinit_guard_http_bytes_total',
+      help: "Bytes of proxied requests read from clients (direction in) and of responses written to them (out), heads included, as the client's connection counted them.",
+      labelNames: ['direction'],
       registers,
     }),
     upstreamErrors: new Counter({

@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
+import { markFromCoderd } from '../observability/traffic.js';
 import { classifyUpstreamError, upstreamFailure, writeCoderError } from './errors.js';
 import { toFlat, toPairs, type Framing } from './headers.js';
 import { dispatch, dispatchOwnConnection, UNSENDABLE_TARGET, type HopCallbacks, type HopControl, type ResponseSink, type RetryReason, type UpstreamHead } from './hop.js';
@@ -36,6 +37,7 @@ export function writeUpstreamHead(deps: ForwardDeps, head: UpstreamHead, res: Se
     return null;
   }
   res.sendDate = false;
+  markFromCoderd(res);
   res.writeHead(checked.status, checked.reason, toFlat(checked.headers));
   return { trailers: checked.trailers };
 }

@@ -2,6 +2,7 @@ import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http
 import { Hono } from 'hono';
 import type { HttpBindings } from '@hono/node-server';
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
+import { createTrafficObserver } from '../observability/traffic.js';
 import { refusal, writeRefusal } from '../proxy/admission.js';
 import { failRequest, forward, type ForwardDeps } from '../proxy/forward.js';
 import { hostFromTarget } from '../proxy/headers.js';
@@ -14,6 +15,8 @@ export interface ProxyAppDeps extends ForwardDeps {
   reinit?: Omit<ReinitDeps, keyof ForwardDeps>;
   /** True once coderd is patched (REINIT_GUARD_RETIRE_AT): behave as mode off. */
   retired?: () => boolean;
+  /** One JSON access-log line per request (REINIT_GUARD_ACCESS_LOG). */
+  accessLog?: boolean;
 }
 
 /**
@@ -74,9 +77,11 @@ export function createProxyListener(deps: ProxyAppDeps): RequestListener {
     } else forward(deps, req, res);
   };
   const onResponseError = (err: Error) => deps.log.debug('client response error', { code: (err as NodeJS.ErrnoException).code ?? null });
+  const observe = createTrafficObserver({ metrics: deps.metrics, log: deps.log, accessLog: deps.accessLog === true });
   return (req, res) => {
     // A write to a client that already left must never become an unhandled 'error'.
     res.on('error', onResponseError);
+    observe(req, res);
     try {
       route(req, res);
     } catch (err) {

@@ -60,7 +60,7 @@ export async function startProxyServer(
     keepAliveTimeout: 65_000,
     maxHeaderSize: 64 * 1024,
   };
-  const listener = createProxyListener({ ...deps, reinit, retired: opts.retired });
+  const listener = createProxyListener({ ...deps, reinit, retired: opts.retired, accessLog: config.accessLog });
   const tunnel = createTunnelHandler(deps);
   /**
    * Upgrades and CONNECT. Refused requests are answered on the raw socket; a request coderd

@@ -15,7 +15,7 @@ const tests = path.join(root, 'helm/tests/rules/alerts-test.yaml');
 describe('alert rules', () => {
   it('promtool check rules accepts them', () => {
     const r = run('promtool', ['check', 'rules', rules]);
-    expect(r.stdout + r.stderr).toContain('SUCCESS: 5 rules found');
+    expect(r.stdout + r.stderr).toContain('SUCCESS: 6 rules found');
     expect(r.status).toBe(0);
   });
 
