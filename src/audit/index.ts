@@ -128,6 +128,7 @@ export async function runAudit(argv: string[], env: Record<string, string | unde
     const upstream = upstreamFrom(config);
     coderd.version = await fetchCoderdVersion(upstream);
     upstream.agent.destroy();
+    upstream.controlAgent.destroy();
     void upstream.pool.destroy();
     // An operator who set a range of their own has read the release notes of the releases
     // between; the default says nothing about them.

@@ -41,7 +41,7 @@ export function requestBuildinfo(upstream: Upstream, timeoutMs: number): Promise
       hostname: upstream.hostname,
       port: upstream.url.port || undefined,
       path: '/api/v2/buildinfo',
-      agent: upstream.agent,
+      agent: upstream.controlAgent,
       timeout: timeoutMs,
       headers: { Accept: 'application/json' },
     });

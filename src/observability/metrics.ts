@@ -37,7 +37,7 @@ export interface Metrics {
   /** Open TCP connections by side; read at scrape time from {@link Metrics.connectionSources}. */
   connections: Gauge<'side'>;
   /** Where {@link Metrics.connections} reads its counts; the proxy server sets them. */
-  connectionSources: { client: () => number; upstream: () => number } | null;
+  connectionSources: { client: () => number; upstream: () => number; control: () => number } | null;
   info: Gauge<'version' | 'mode' | 'coderd_version'>;
   retired: Gauge;
   dependencyUp: Gauge<'dependency'>;
@@ -185,7 +185,7 @@ export function createMetrics(defaults = true): Metrics {
     }),
     connections: new Gauge({
       name: 'coder_reinit_guard_connections',
-      help: 'Open TCP connections, by side: client (accepted by the proxy listeners) and upstream (to coderd: pooled, of their own, tunnelled). Upstream stays at or below client unless idle keep-alive connections outlive their clients.',
+      help: "Open TCP connections, by side: client (accepted by the proxy listeners), upstream (to coderd for proxied traffic: pooled, of their own, tunnelled) and control (the guard's own reads of coderd's buildinfo). Upstream stays at or below client unless idle keep-alive connections outlive their clients.",
       labelNames: ['side'],
       registers,
       collect() {
@@ -193,6 +193,7 @@ export function createMetrics(defaults = true): Metrics {
         if (!sources) return;
         this.set({ side: 'client' }, sources.client());
         this.set({ side: 'upstream' }, sources.upstream());
+        this.set({ side: 'control' }, sources.control());
       },
     }),
     connectionSources: null,

@@ -21,10 +21,16 @@ export interface Upstream {
   /** undici's keep-alive pool for bodiless requests with an idempotent method (hop.ts). */
   readonly pool: Pool;
   /**
-   * node:http's keep-alive agent: requests with a body (hop.ts) and the guard's own
-   * buildinfo reads.
+   * node:http's keep-alive agent: requests with a body, and requests undici is not given
+   * (hop.ts).
    */
   readonly agent: http.Agent;
+  /**
+   * node:http's keep-alive agent for the guard's own reads of coderd (buildinfo: readiness
+   * probe, retirement), apart from proxied traffic so that the connection gauges can tell
+   * the two apart.
+   */
+  readonly controlAgent: http.Agent;
   /**
    * node:http's agent for connections of their own ({@link openUpstream}): it never keeps
    * or reuses one. Shared rather than `agent: false`, which builds an Agent per request
@@ -63,6 +69,8 @@ export function createUpstream(opts: UpstreamOptions): Upstream {
   const ca = opts.ca ? [...tls.rootCertificates, opts.ca] : undefined;
   const tlsOptions = { ...(ca ? { ca } : {}), ...(opts.servername ? { servername: opts.servername } : {}) };
   const agent = secure ? new https.Agent({ ...agentOptions, ...tlsOptions }) : new http.Agent(agentOptions);
+  const controlOptions = { keepAlive: true, maxSockets: 2 };
+  const controlAgent = secure ? new https.Agent({ ...controlOptions, ...tlsOptions }) : new http.Agent(controlOptions);
   const ownOptions = { keepAlive: false, maxSockets: Infinity };
   const ownAgent = secure ? new https.Agent({ ...ownOptions, ...tlsOptions }) : new http.Agent(ownOptions);
   const connectTimeoutMs = opts.connectTimeoutMs ?? 10_000;
@@ -81,6 +89,7 @@ export function createUpstream(opts: UpstreamOptions): Upstream {
     hostPort: `${opts.url.hostname}:${port}`,
     pool,
     agent,
+    controlAgent,
     ownAgent,
     request: secure ? https.request : http.request,
     forwardedHeaders: opts.forwardedHeaders,

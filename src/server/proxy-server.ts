@@ -154,6 +154,7 @@ export async function startProxyServer(
   metrics.connectionSources = {
     client: () => clients,
     upstream: () => upstream.pool.stats.connected + agentSockets(upstream.agent) + agentSockets(upstream.ownAgent) + tunnel.splicedUpstream(),
+    control: () => agentSockets(upstream.controlAgent),
   };
   let tlsAddress: AddressInfo | null = null;
   if (config.tlsListen && config.tlsCert && config.tlsKey) {
@@ -178,6 +179,7 @@ export async function startProxyServer(
       await closed;
       clearTimeout(timer);
       upstream.agent.destroy();
+      upstream.controlAgent.destroy();
       upstream.ownAgent.destroy();
       await upstream.pool.destroy();
     },
