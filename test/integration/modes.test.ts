@@ -157,18 +157,24 @@ describe('database failures fail open within the deadline', () => {
   });
 });
 
+/** A new role made by the README's least-privilege script, and its database URL. */
+async function leastPrivilegeRole(prefix: string): Promise<{ role: string; url: string; password: string }> {
+  const role = `${prefix}_${randomBytes(3).toString('hex')}`;
+  const password = randomBytes(9).toString('hex');
+  const script = (await readFile(new URL('../../sql/least-privilege-role.sql', import.meta.url), 'utf8'))
+    .replaceAll('coder_reinit_guard', role)
+    .replace("'change-me'", `'${password}'`);
+  await db.sql.unsafe(script);
+  const url = new URL(db.url);
+  url.username = role;
+  url.password = password;
+  return { role, url: url.toString(), password };
+}
+
 describe('database access', () => {
   it("the README's least-privilege role is enough for every decision", async () => {
-    const role = `guard_${randomBytes(3).toString('hex')}`;
-    const password = randomBytes(9).toString('hex');
-    const script = (await readFile(new URL('../../sql/least-privilege-role.sql', import.meta.url), 'utf8'))
-      .replaceAll('coder_reinit_guard', role)
-      .replace("'change-me'", `'${password}'`);
-    await db.sql.unsafe(script);
-    const url = new URL(db.url);
-    url.username = role;
-    url.password = password;
-    const g = await start({ REINIT_GUARD_PG_URL: url.toString() });
+    const { url, password } = await leastPrivilegeRole('guard');
+    const g = await start({ REINIT_GUARD_PG_URL: url });
     expect((await connectReinit(g.url, longClaimed.token)).status).toBe(409);
     expect((await connectReinit(g.url, justClaimed.token)).status).toBe(200);
     expect(await g.metric('coder_reinit_guard_reinit_requests_total', { outcome: 'failed_open' })).toBe(0);
@@ -195,16 +201,8 @@ describe('database access', () => {
   });
 
   it('a revoked grant shows in /readyz, the gauge and the log within one probe, naming the grant file; still ready', async () => {
-    const role = `revoked_${randomBytes(3).toString('hex')}`;
-    const password = randomBytes(9).toString('hex');
-    const script = (await readFile(new URL('../../sql/least-privilege-role.sql', import.meta.url), 'utf8'))
-      .replaceAll('coder_reinit_guard', role)
-      .replace("'change-me'", `'${password}'`);
-    await db.sql.unsafe(script);
-    const url = new URL(db.url);
-    url.username = role;
-    url.password = password;
-    const g = await start({ REINIT_GUARD_PG_URL: url.toString(), REINIT_GUARD_PROBE_INTERVAL: '100ms' });
+    const { role, url, password } = await leastPrivilegeRole('revoked');
+    const g = await start({ REINIT_GUARD_PG_URL: url, REINIT_GUARD_PROBE_INTERVAL: '100ms' });
     type Readyz = { ready: boolean; dependencies: Record<string, { up: boolean | null; detail: string | null }> };
     const readyz = async () => (await (await fetch(`${g.adminUrl}/readyz`)).json()) as Readyz;
     await expect.poll(async () => (await readyz()).dependencies.database?.up, { timeout: 10_000 }).toBe(true);

@@ -221,18 +221,20 @@ describe('upgrades and CONNECT', () => {
     await closed;
   });
 
+  /** A DERP tunnel through the guard, open once coderd's hello arrived. */
+  const openDerpTunnel = async () => {
+    const socket = net.connect(port, '127.0.0.1');
+    socket.on('error', () => {});
+    let got = '';
+    socket.on('data', (c) => (got += c.toString('latin1')));
+    socket.write('GET /derp HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: DERP\r\n\r\n');
+    await waitFor(() => got.includes('DERP-SERVER-HELLO'), 3000, 'the tunnel to open');
+    return socket;
+  };
+
   it('either side of a tunnel closing closes the other', async () => {
-    const open = async () => {
-      const socket = net.connect(port, '127.0.0.1');
-      socket.on('error', () => {});
-      let got = '';
-      socket.on('data', (c) => (got += c.toString('latin1')));
-      socket.write('GET /derp HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: DERP\r\n\r\n');
-      await waitFor(() => got.includes('DERP-SERVER-HELLO'), 3000, 'the tunnel to open');
-      return socket;
-    };
     const base = upstream.tunnels;
-    const a = await open();
+    const a = await openDerpTunnel();
     expect(upstream.tunnels).toBe(base + 1);
     a.destroy(); // client vanishes
     await waitFor(() => upstream.tunnels === base, 3000, 'coderd side to close');
@@ -250,17 +252,7 @@ describe('upgrades and CONNECT', () => {
   it('counts its client and upstream connections, tunnels included', async () => {
     const conn = (side: string) => guard.metric('coder_reinit_guard_connections', { side });
     const base = await conn('upstream');
-    const sockets = await Promise.all(
-      [1, 2, 3].map(async () => {
-        const socket = net.connect(port, '127.0.0.1');
-        socket.on('error', () => {});
-        let got = '';
-        socket.on('data', (c) => (got += c.toString('latin1')));
-        socket.write('GET /derp HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: DERP\r\n\r\n');
-        await waitFor(() => got.includes('DERP-SERVER-HELLO'), 3000, 'the tunnel to open');
-        return socket;
-      }),
-    );
+    const sockets = await Promise.all([1, 2, 3].map(() => openDerpTunnel()));
     expect(await conn('client')).toBeGreaterThanOrEqual(3);
     expect(await conn('upstream')).toBeGreaterThanOrEqual(3);
     for (const s of sockets) s.destroy();
