@@ -137,14 +137,16 @@ export function whenIdle(socket: Duplex, fn: () => void): void {
  */
 export function serialiseUpgrades(listener: UpgradeListener): UpgradeListener {
   return (req, socket, head) => {
-    const s = socket as LanedSocket;
-    // Node detached its parser: no request will follow, and the pipeline must never read
-    // this socket again, only its new owner.
-    const lane = s[LANE];
+    // The connection itself: Node 26 hands an upgrade whose body is still arriving over as
+    // a stream wrapping it.
+    const connection = (req.socket ?? socket) as LanedSocket;
+    // No request follows an upgrade, and the pipeline must never read this connection
+    // again, only its new owner.
+    const lane = connection[LANE];
     if (lane) lane.upgraded = true;
-    if (!s._httpMessage) return listener(req, socket, head);
-    whenIdle(socket, () => {
-      if (usable(socket)) listener(req, socket, head);
+    if (!connection._httpMessage) return listener(req, socket, head);
+    whenIdle(connection, () => {
+      if (usable(connection)) listener(req, socket, head);
       else socket.destroy();
     });
   };

@@ -213,6 +213,16 @@ describe('pipelined requests on one connection', () => {
     expect(upstream.events).toEqual(['arrive GET /hold/150/a', 'answer GET /hold/150/a', 'upgrade GET /ws']);
   });
 
+  it('an upgrade whose body is still arriving waits the same (Node 26 hands it over as a stream)', async () => {
+    const client = connect(get('/hold/150/a') + 'GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 5\r\n\r\nhe');
+    await waitFor(() => upstream.arrived.length > 0, 10_000, 'the first request upstream');
+    client.socket.write('llo');
+    const got = await client.until((s) => s.includes('101 Switching'), 'the 101');
+    client.socket.destroy();
+    expect(statuses(got)).toEqual([200, 101]);
+    expect(upstream.events).toEqual(['arrive GET /hold/150/a', 'answer GET /hold/150/a', 'upgrade GET /ws']);
+  });
+
   it('an upgrade to /reinit pipelined after a request is served as a plain request, after it', async () => {
     const reinit = '/api/v2/workspaceagents/me/reinit';
     const client = connect(get('/hold/150/a') + get(reinit, 'Connection: Upgrade\r\nUpgrade: websocket\r\n'));
