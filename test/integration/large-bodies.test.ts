@@ -20,6 +20,7 @@ afterAll(async () => {
 
 describe('large bodies stream through with bounded memory', () => {
   it('a 100 MiB upload arrives intact and the guard never holds it', async () => {
+    guard.resetPeak();
     const before = guard.memory().rss;
     const expected = await sha256Stream(deterministicStream(100 * MiB));
     const received = await new Promise<Received>((resolve, reject) => {
@@ -39,6 +40,7 @@ describe('large bodies stream through with bounded memory', () => {
   });
 
   it('a 64 MiB download arrives intact, Content-Length kept, memory bounded', async () => {
+    guard.resetPeak();
     const before = guard.memory().rss;
     const expected = await sha256Stream(deterministicStream(64 * MiB));
     const got = await new Promise<{ sha256: string; bytes: number; length: string | undefined }>((resolve, reject) => {

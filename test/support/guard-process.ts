@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { freePort } from '../../testkit/pg.js';
 import { waitFor } from './env.js';
@@ -15,6 +15,8 @@ export interface GuardProcess {
   exited: Promise<number | null>;
   /** Resident set size now and at its peak, in bytes (from /proc). */
   memory(): { rss: number; peak: number };
+  /** Sets the peak back to the current RSS. */
+  resetPeak(): void;
   stop(): Promise<number | null>;
 }
 
@@ -72,6 +74,9 @@ async function startOnFreePorts(env: Record<string, string>): Promise<GuardProce
     out,
     exited,
     memory: () => ({ rss: kib('VmRSS'), peak: kib('VmHWM') }),
+    // Linux resets the peak (VmHWM) to the current RSS on "5" (proc(5), clear_refs): a
+    // measurement then sees only its own peak, not an earlier test's.
+    resetPeak: () => writeFileSync(`/proc/${child.pid}/clear_refs`, '5'),
     async stop() {
       if (child.exitCode === null) child.kill('SIGTERM');
       const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
