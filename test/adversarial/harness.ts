@@ -50,13 +50,16 @@ export function summarise(r: Recorded): Forwarded {
 }
 
 /**
- * Status codes of the responses in a client's byte stream, read one message after the
- * other (1xx, 204 and 304 bodiless; Content-Length; chunked; else to the end).
+ * Status codes of the responses in a client's byte stream, read one message after the other:
+ * a 1xx, 204 or 304 has no body, nor the answer to a HEAD (`methods`: the requests' methods in
+ * order, when the stream answers a pipeline); a 101 ends HTTP on the connection; else
+ * Content-Length, chunked, or the rest of the stream.
  */
-export function statusesOf(raw: Buffer): number[] {
+export function statusesOf(raw: Buffer, methods: readonly string[] = []): number[] {
   const text = raw.toString('latin1');
   const out: number[] = [];
   let at = 0;
+  let answered = 0;
   while (at < text.length) {
     const end = text.indexOf('\r\n\r\n', at);
     const m = /^HTTP\/1\.[01] (\d{3})/.exec(text.slice(at, at + 16));
@@ -65,7 +68,8 @@ export function statusesOf(raw: Buffer): number[] {
     out.push(status);
     const head = text.slice(at, end);
     at = end + 4;
-    if (status < 200 || status === 204 || status === 304) continue;
+    if (status < 200 && status !== 101) continue;
+    if (methods[answered++] === 'HEAD' || status === 204 || status === 304 || status === 101) continue;
     const cl = /\r\ncontent-length: *(\d+)/i.exec(head);
     if (/\r\ntransfer-encoding: *chunked/i.test(head)) {
       for (;;) {

@@ -5,7 +5,7 @@ import { freePort } from '../../testkit/pg.js';
 import type { Proc } from '../../testkit/procs.js';
 import { startTestGuard, waitFor, type TestGuard } from '../support/env.js';
 import { startScriptedUpstream, type ScriptedUpstream } from '../../testkit/scripted-upstream.js';
-import { startReferenceNginx } from './harness.js';
+import { startReferenceNginx, statusesOf } from './harness.js';
 import { generateResponse, prng, type GeneratedResponse } from './responses.js';
 
 /**
@@ -67,40 +67,6 @@ const finals = (statuses: number[]) => statuses.filter((s) => s >= 200 || s === 
 /** The methods of the requests in a pipeline, in order (bodies here are lowercase, never a request line). */
 const methodsOf = (bytes: string) => [...bytes.matchAll(/(?<![A-Z])(GET|HEAD|PUT|POST|DELETE) \S+(?: HTTP|\r\n)/g)].map((m) => m[1]!);
 
-/**
- * Status codes of the responses in a client's byte stream, read one after the other: the
- * answer to a HEAD, a 1xx, 204 or 304 has no body; else Content-Length, chunked, or the
- * rest of the stream.
- */
-function statusesOf(raw: Buffer, methods: string[]): number[] {
-  const text = raw.toString('latin1');
-  const out: number[] = [];
-  let at = 0;
-  let answered = 0;
-  while (at < text.length) {
-    const end = text.indexOf('\r\n\r\n', at);
-    const m = /^HTTP\/1\.[01] (\d{3})/.exec(text.slice(at, at + 16));
-    if (end === -1 || !m) break;
-    const status = Number(m[1]);
-    out.push(status);
-    const head = text.slice(at, end);
-    at = end + 4;
-    if (status < 200 && status !== 101) continue;
-    if (methods[answered++] === 'HEAD' || status === 204 || status === 304 || status === 101) continue;
-    const cl = /\r\ncontent-length: *(\d+)/i.exec(head);
-    if (/\r\ntransfer-encoding: *chunked/i.test(head)) {
-      for (;;) {
-        const eol = text.indexOf('\r\n', at);
-        const size = parseInt(text.slice(at, eol), 16);
-        if (eol === -1 || Number.isNaN(size)) return out;
-        at = eol + 2 + size + 2;
-        if (size === 0) break;
-      }
-    } else if (cl) at += Number(cl[1]);
-    else break;
-  }
-  return out;
-}
 
 /**
  * Puts `tag` at the end of every request target in `bytes`: the upstream then tells this
