@@ -271,7 +271,9 @@ var (
 // held claim).
 func frontOfPatched(retired bool) []scenario {
 	prefix := "in front of the patched coderd, not retired: "
-	var extra map[string]string
+	// Retirement is on by default (>=2.35.1): the operator's explicit empty value switches it
+	// off, and the guard then judges /reinit in front of the patched coderd too.
+	extra := map[string]string{"REINIT_GUARD_RETIRE_AT": ""}
 	if retired {
 		prefix = "in front of the patched coderd, retired: "
 		extra = retireAtFixed
