@@ -1,6 +1,5 @@
 #!/usr/bin/env node
 import cluster from 'node:cluster';
-import { listenSockets } from './server/listen.js';
 import { describeConfig, loadConfig, unknownVariables, type Config } from './config/index.js';
 import { runAudit } from './audit/index.js';
 import { createLogger, logProcessOutput, type Logger } from './observability/log.js';
@@ -78,7 +77,7 @@ async function main(): Promise<void> {
     onSignals(log, config.shutdownDelayMs, (delay) => primary.stop(delay));
   } else {
     const guard = await startGuard(config, { log });
-    started({ proxy_port: guard.proxyAddress.port, admin_port: guard.adminAddress.port, listen_sockets: listenSockets(config.listenBacklog) });
+    started({ proxy_port: guard.proxyAddress.port, admin_port: guard.adminAddress.port, listen_sockets: guard.listenSockets });
     onSignals(log, config.shutdownDelayMs, (delay) => guard.close(config.shutdownGraceMs, delay));
   }
 }

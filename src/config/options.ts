@@ -121,6 +121,12 @@ export const DEFAULT_PROBE_INTERVAL = '10s';
 const parseDurationOrOff = (raw: string): Parsed<number> =>
   raw.trim() === 'off' || /^0+(\.0+)?(ms|s|m|h)?$/.test(raw.trim()) ? { ok: true, value: 0 } : parseDuration(raw).ok ? parseDuration(raw) : { ok: false, rule: 'use a duration such as 100ms, 10m or 1h, or 0 (off)' };
 
+/** on or off, as a boolean. */
+const parseOnOff = (raw: string): Parsed<boolean> => {
+  const p = parseEnum(raw, ['on', 'off'] as const);
+  return p.ok ? { ok: true, value: p.value === 'on' } : p;
+};
+
 const parseServername = (raw: string): Parsed<string> =>
   /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/i.test(raw.trim()) ? { ok: true, value: raw.trim() } : { ok: false, rule: 'use a DNS name such as coder.example.com' };
 
@@ -183,7 +189,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   option({ env: 'REINIT_GUARD_HOLD_MAX', key: 'holdMaxMs', doc: 'how long a stream held back (claim build not created yet) is kept before it is ended cleanly, so the agent reconnects and is judged again', default: DEFAULT_HOLD_MAX, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_HOLD_RECHECK', key: 'holdRecheckMs', doc: 'how often a held stream asks the database (bypassing the cache) whether the claim build exists; once it does, the stream is ended cleanly so the agent reconnects and gets coderd\'s genuine event', default: DEFAULT_HOLD_RECHECK, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_LOG_LEVEL', key: 'logLevel', doc: 'debug, info, warn or error', default: DEFAULT_LOG_LEVEL, parse: (r) => parseEnum(r, LOG_LEVELS) }),
-  option({ env: 'REINIT_GUARD_ACCESS_LOG', key: 'accessLog', doc: 'on: one JSON line per proxied request (method, path without its query, status, origin, duration, upstream time, bytes in and out; never a header, cookie, token or query value); off: none', default: 'off', parse: (r) => { const v = r.trim(); return v === 'on' ? { ok: true, value: true } : v === 'off' ? { ok: true, value: false } : { ok: false, rule: 'use on or off' }; } }),
+  option({ env: 'REINIT_GUARD_ACCESS_LOG', key: 'accessLog', doc: 'on: one JSON line per proxied request (method, path without its query, status, origin, duration, upstream time, bytes in and out; never a header, cookie, token or query value); off: none', default: 'off', parse: parseOnOff }),
   option({ env: 'REINIT_GUARD_FORWARDED_HEADERS', key: 'forwardedHeaders', doc: 'append: add the client to X-Forwarded-For and set X-Forwarded-Proto/Host if absent; off: forward them as received', default: DEFAULT_FORWARDED_HEADERS, parse: (r) => parseEnum(r, FORWARDED_HEADER_MODES) }),
   option({ env: 'REINIT_GUARD_HEADER_TIMEOUT', key: 'headerTimeoutMs', doc: 'how long a client may take to send its request headers (slow-client protection); streams and bodies have no deadline', default: DEFAULT_HEADER_TIMEOUT, parse: parseDuration }),
   option({ env: 'REINIT_GUARD_UPSTREAM_CONNECT_TIMEOUT', key: 'upstreamConnectTimeoutMs', doc: 'deadline for opening a connection to coderd; past it the client gets 504', default: DEFAULT_UPSTREAM_CONNECT_TIMEOUT, parse: parseDuration }),

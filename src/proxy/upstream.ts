@@ -68,11 +68,11 @@ export function createUpstream(opts: UpstreamOptions): Upstream {
   // A custom bundle adds to Node's default roots instead of replacing them.
   const ca = opts.ca ? [...tls.rootCertificates, opts.ca] : undefined;
   const tlsOptions = { ...(ca ? { ca } : {}), ...(opts.servername ? { servername: opts.servername } : {}) };
-  const agent = secure ? new https.Agent({ ...agentOptions, ...tlsOptions }) : new http.Agent(agentOptions);
-  const controlOptions = { keepAlive: true, maxSockets: 2 };
-  const controlAgent = secure ? new https.Agent({ ...controlOptions, ...tlsOptions }) : new http.Agent(controlOptions);
-  const ownOptions = { keepAlive: false, maxSockets: Infinity };
-  const ownAgent = secure ? new https.Agent({ ...ownOptions, ...tlsOptions }) : new http.Agent(ownOptions);
+  // Every agent trusts what the pool trusts.
+  const makeAgent = (options: http.AgentOptions) => (secure ? new https.Agent({ ...options, ...tlsOptions }) : new http.Agent(options));
+  const agent = makeAgent(agentOptions);
+  const controlAgent = makeAgent({ keepAlive: true, maxSockets: 2 });
+  const ownAgent = makeAgent({ keepAlive: false, maxSockets: Infinity });
   const connectTimeoutMs = opts.connectTimeoutMs ?? 10_000;
   const pool = new Pool(opts.url.origin, {
     // Streams, long polls and uploads may take hours: no deadline on heads or bodies; only

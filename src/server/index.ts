@@ -12,6 +12,8 @@ export interface Guard {
   proxyAddress: AddressInfo;
   /** The TLS listener's address, when configured. */
   tlsAddress: AddressInfo | null;
+  /** Listening sockets per proxy address (SO_REUSEPORT). */
+  listenSockets: number;
   adminAddress: AddressInfo;
   metrics: Metrics;
   /**
@@ -72,6 +74,7 @@ export async function startGuard(config: Config, opts: StartOptions): Promise<Gu
   return {
     proxyAddress: proxy.address,
     tlsAddress: proxy.tlsAddress,
+    listenSockets: proxy.listenSockets,
     adminAddress: control.adminAddress,
     metrics,
     async close(graceMs = 10_000, delayMs = 0) {

@@ -33,6 +33,8 @@ export interface ProxyServer {
   address: AddressInfo;
   /** The TLS listener's address, when REINIT_GUARD_TLS_LISTEN is set. */
   tlsAddress: AddressInfo | null;
+  /** Listening sockets per address (SO_REUSEPORT, {@link listenSockets}). */
+  listenSockets: number;
   /** Stops accepting, lets in-flight requests finish within `graceMs`, then closes the rest. */
   close(graceMs: number): Promise<void>;
 }
@@ -167,6 +169,7 @@ export async function startProxyServer(
   return {
     address,
     tlsAddress,
+    listenSockets: sockets,
     async close(graceMs) {
       const closed = Promise.all(servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
       for (const server of servers) server.closeIdleConnections();
