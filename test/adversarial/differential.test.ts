@@ -1,10 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startRecordingUpstream, type RecordingUpstream } from '../../testkit/recording-upstream.js';
-import { freePort } from '../../testkit/pg.js';
 import type { Proc } from '../../testkit/procs.js';
-import { startTestGuard, type TestGuard } from '../support/env.js';
+import type { TestGuard } from '../support/env.js';
 import { CORPUS } from './corpus.js';
-import { exchange, startReferenceNginx, type Outcome } from './harness.js';
+import { exchange, startAgainstNginx, type AgainstNginx, type Outcome } from './harness.js';
 
 /**
  * The same raw requests go through the guard and through nginx (the reference proxy), each
@@ -18,23 +17,16 @@ let nginxUpstream: RecordingUpstream;
 let guard: TestGuard;
 let nginx: { proc: Proc; port: number };
 
+let pair: AgainstNginx | undefined;
+
 beforeAll(async () => {
   [guardUpstream, nginxUpstream] = await Promise.all([startRecordingUpstream(), startRecordingUpstream()]);
-  // Mode enforce, as deployed; its database is never needed (no seeded event appears), and
-  // an unreachable one proves that.
-  guard = await startTestGuard({
-    REINIT_GUARD_UPSTREAM: guardUpstream.url,
-    REINIT_GUARD_PG_URL: `postgres://guard:pw@127.0.0.1:${await freePort()}/coder`,
-    REINIT_GUARD_HEADER_TIMEOUT: '2s',
-  });
-  nginx = await startReferenceNginx(nginxUpstream.port);
+  pair = await startAgainstNginx([guardUpstream, nginxUpstream], { REINIT_GUARD_HEADER_TIMEOUT: '2s' });
+  ({ guard, nginx } = pair);
 });
 
 afterAll(async () => {
-  await nginx?.proc.stop();
-  await guard?.guard.close(100);
-  await guardUpstream?.close();
-  await nginxUpstream?.close();
+  await pair?.close();
 });
 
 /** Final answers (1xx are interim, except 101, which answers an upgrade). */

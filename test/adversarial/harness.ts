@@ -1,6 +1,7 @@
 import net from 'node:net';
 import type { Recorded, RecordingUpstream } from '../../testkit/recording-upstream.js';
 import { freePort, startNginx, type Proc } from '../../testkit/procs.js';
+import { startTestGuard, type TestGuard } from '../support/env.js';
 
 /** What one connection's client saw, and what reached the upstream because of it. */
 export interface Outcome {
@@ -151,4 +152,37 @@ export async function startReferenceNginx(upstreamPort: number): Promise<{ proc:
     }
   }`);
   return { proc, port };
+}
+
+/** The guard and the reference nginx, each in front of its own upstream, for one suite. */
+export interface AgainstNginx {
+  guard: TestGuard;
+  nginx: { proc: Proc; port: number };
+  /** Stops both proxies and both upstreams. */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts the guard (mode enforce, as deployed; its database is unreachable and never needed,
+ * which the suites prove) in front of `upstreams[0]` and the reference nginx in front of
+ * `upstreams[1]`. `env` adds to the guard's configuration.
+ */
+export async function startAgainstNginx(upstreams: [{ port: number; close(): Promise<unknown> }, { port: number; close(): Promise<unknown> }], env: Record<string, string> = {}): Promise<AgainstNginx> {
+  const [guardUpstream, nginxUpstream] = upstreams;
+  const guard = await startTestGuard({
+    REINIT_GUARD_UPSTREAM: `http://127.0.0.1:${guardUpstream.port}`,
+    REINIT_GUARD_PG_URL: `postgres://guard:pw@127.0.0.1:${await freePort()}/coder`,
+    ...env,
+  });
+  const nginx = await startReferenceNginx(nginxUpstream.port);
+  return {
+    guard,
+    nginx,
+    async close() {
+      await nginx.proc.stop();
+      await guard.guard.close(100);
+      await guardUpstream.close();
+      await nginxUpstream.close();
+    },
+  };
 }

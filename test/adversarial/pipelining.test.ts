@@ -1,11 +1,10 @@
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startCountingUpstream, type CountingUpstream } from '../../testkit/counting-upstream.js';
-import { freePort } from '../../testkit/pg.js';
 import type { Proc } from '../../testkit/procs.js';
 import { startTestGuard, waitFor, type TestGuard } from '../support/env.js';
 import { startScriptedUpstream, type ScriptedUpstream } from '../../testkit/scripted-upstream.js';
-import { startReferenceNginx, statusesOf } from './harness.js';
+import { startAgainstNginx, statusesOf, type AgainstNginx } from './harness.js';
 import { generateResponse, prng, type GeneratedResponse } from './responses.js';
 
 /**
@@ -21,21 +20,16 @@ let nginxUpstream: CountingUpstream;
 let guard: TestGuard;
 let nginx: { proc: Proc; port: number };
 
+let pair: AgainstNginx | undefined;
+
 beforeAll(async () => {
   [guardUpstream, nginxUpstream] = await Promise.all([startCountingUpstream(), startCountingUpstream()]);
-  // Mode enforce, as deployed; its database is never needed, and an unreachable one proves that.
-  guard = await startTestGuard({
-    REINIT_GUARD_UPSTREAM: guardUpstream.url,
-    REINIT_GUARD_PG_URL: `postgres://guard:pw@127.0.0.1:${await freePort()}/coder`,
-  });
-  nginx = await startReferenceNginx(nginxUpstream.port);
+  pair = await startAgainstNginx([guardUpstream, nginxUpstream]);
+  ({ guard, nginx } = pair);
 });
 
 afterAll(async () => {
-  await nginx?.proc.stop();
-  await guard?.guard.close(100);
-  await guardUpstream?.close();
-  await nginxUpstream?.close();
+  await pair?.close();
 });
 
 /** One connection's bytes, and how the client behaves. */

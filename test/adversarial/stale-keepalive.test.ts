@@ -2,10 +2,9 @@ import http from 'node:http';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort } from '../../testkit/pg.js';
 import type { Proc } from '../../testkit/procs.js';
-import { startTestGuard, type TestGuard } from '../support/env.js';
-import { startReferenceNginx } from './harness.js';
+import type { TestGuard } from '../support/env.js';
+import { startAgainstNginx, type AgainstNginx } from './harness.js';
 import { prng } from './responses.js';
 
 /**
@@ -104,20 +103,16 @@ let nginxUpstream: StaleUpstream;
 let guard: TestGuard;
 let nginx: { proc: Proc; port: number };
 
+let pair: AgainstNginx | undefined;
+
 beforeAll(async () => {
   [guardUpstream, nginxUpstream] = await Promise.all([startStaleUpstream(SEED), startStaleUpstream(SEED)]);
-  guard = await startTestGuard({
-    REINIT_GUARD_UPSTREAM: `http://127.0.0.1:${guardUpstream.port}`,
-    REINIT_GUARD_PG_URL: `postgres://guard:pw@127.0.0.1:${await freePort()}/coder`,
-  });
-  nginx = await startReferenceNginx(nginxUpstream.port);
+  pair = await startAgainstNginx([guardUpstream, nginxUpstream]);
+  ({ guard, nginx } = pair);
 });
 
 afterAll(async () => {
-  await nginx?.proc.stop();
-  await guard?.guard.close(100);
-  await guardUpstream?.close();
-  await nginxUpstream?.close();
+  await pair?.close();
 });
 
 describe(`coderd closing idle keep-alive connections after 1-30 ms, ${REQUESTS} sequential GETs, seed ${SEED}`, () => {
