@@ -165,7 +165,8 @@ class Forwarding implements HopCallbacks {
   /** Sends the request again after `ms` (set by {@link forward}). */
   resendAfter: ((ms: number) => void) | null = null;
   private descriptorWaits = 0;
-  private readonly started = performance.now();
+  /** When the first wait for a descriptor began (none on the hot path until one is needed). */
+  private waitingSince = 0;
 
   constructor(
     private readonly deps: ForwardDeps,
@@ -250,13 +251,15 @@ class Forwarding implements HopCallbacks {
    * The guard ran out of file descriptors opening coderd's connection (EMFILE: a storm of
    * 10,000 agents holds 20,000 sockets): nothing was sent, and descriptors come free as other
    * streams end. That is the guard's own queueing, never a reason to answer 502: a bodiless
-   * request waits (10 ms, doubling to 500 ms) and is sent again, within the connect deadline.
+   * request waits (10 ms, doubling to 500 ms) and is sent again, for at most the connect
+   * deadline counted from its first wait.
    * A body may already be partly read: such a request fails as before.
    */
   private waitForDescriptor(): boolean {
     const { deps, req } = this;
     if (hasBody(this.framing) || !this.resendAfter) return false;
-    if (performance.now() - this.started >= deps.upstream.connectTimeoutMs) return false;
+    if (this.descriptorWaits === 0) this.waitingSince = performance.now();
+    else if (performance.now() - this.waitingSince >= deps.upstream.connectTimeoutMs) return false;
     const ms = Math.min(500, 10 * 2 ** this.descriptorWaits++);
     deps.metrics.upstreamRetries.inc({ reason: 'no_descriptor' });
     if (this.descriptorWaits === 1) deps.log.debug('no file descriptor for coderd\'s connection: waiting', { method: req.method ?? '', path: logPath(req.url) });
