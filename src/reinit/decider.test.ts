@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import type { Queries, WorkspaceLatestBuild } from '../db/queries.js';
 import { createDecider, type DeciderOptions } from './decider.js';
@@ -112,6 +113,60 @@ describe('decider', () => {
     const decisions = await Promise.all(ws.map((id) => decider.decide(id)));
     expect(decisions.every((d) => !d.ok && d.failure === 'unavailable')).toBe(true);
     expect(db.batches.length).toBe(1); // the other 190 never waited for a statement of their own
+  });
+
+  it("an answer that arrived while the guard's event loop was busy past the deadline is not a timeout", async () => {
+    // The answer is in the socket (written on loopback before the loop blocks), but the loop
+    // is busy for 300 ms against a 200 ms deadline, as in a storm on starved cores. libuv
+    // runs due timers before it reads sockets: the deadline must not win that race.
+    const server = createServer();
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const accepted = new Promise<Socket>((r) => server.once('connection', r));
+    const client = connect((server.address() as AddressInfo).port, '127.0.0.1');
+    await new Promise((r) => client.once('connect', r));
+    const peer = await accepted;
+    const id = randomUUID();
+    const queries: Queries = {
+      latestBuilds: () =>
+        new Promise((resolve) => {
+          client.once('data', () => resolve(new Map([[id, handled]])));
+          peer.write('answer');
+          // After the statement's deadline is set: the event loop, busy.
+          queueMicrotask(() => {
+            const until = performance.now() + 300;
+            while (performance.now() < until);
+          });
+        }),
+      claimedPrebuildsPage: async () => [],
+    };
+    try {
+      const d = await createDecider(options(queries)).decide(id);
+      expect(d).toMatchObject({ ok: true, verdict: { action: 'suppress' } });
+    } finally {
+      client.destroy();
+      peer.destroy();
+      server.close();
+    }
+  });
+
+  it('no file descriptor for a database connection: the batch waits and is sent again, never failed open', async () => {
+    const ws = ids(3);
+    let calls = 0;
+    const emfile = Object.assign(new Error('connect EMFILE 127.0.0.1:5432'), { code: 'EMFILE' });
+    const db = fakeDb(new Map(ws.map((id) => [id, handled])), () => (++calls <= 3 ? { fail: emfile } : {}));
+    const decider = createDecider(options(db.queries, { maxConcurrent: 1 }));
+    const ds = await Promise.all(ws.map((id) => decider.decide(id)));
+    expect(ds.every((d) => d.ok && d.verdict.action === 'suppress')).toBe(true);
+    expect(calls).toBe(4); // three refused for want of a descriptor, then the one that ran
+  });
+
+  it('no file descriptor for longer than descriptorWaitMs: the lookups fail, named for what happened', async () => {
+    const emfile = Object.assign(new Error('connect EMFILE 127.0.0.1:5432'), { code: 'EMFILE' });
+    const db = fakeDb(new Map(), () => ({ fail: emfile }));
+    const decider = createDecider(options(db.queries, { descriptorWaitMs: 100 }));
+    const d = await decider.decide(randomUUID());
+    expect(d).toMatchObject({ ok: false, failure: 'no_descriptor' });
+    expect(d.ok || d.detail).toMatch(/open-files limit/);
   });
 
   it('one statement past its deadline fails only its own batch: what queues behind it is still sent', async () => {

@@ -3,7 +3,7 @@ import type { Queries, WorkspaceLatestBuild } from '../db/queries.js';
 import { decide, isFinal, type LatestBuild, type Verdict } from './verdict.js';
 
 /** Why a decision could not be made; the stream then fails open. */
-export type DbFailure = 'timeout' | 'unavailable' | 'privilege' | 'error';
+export type DbFailure = 'timeout' | 'unavailable' | 'privilege' | 'no_descriptor' | 'error';
 
 /** The result of asking for a verdict. */
 export type Decision =
@@ -37,6 +37,12 @@ export interface DeciderOptions {
    * spell is sent at once.
    */
   batchWindowMs: number;
+  /**
+   * How long a batch waits, in all, for a file descriptor when the guard has none left to
+   * open a database connection (EMFILE in a storm): the guard's own shortage, waited out
+   * rather than failed open. Default 5 s.
+   */
+  descriptorWaitMs?: number;
   /** Called with every verdict source, for metrics. */
   onCache?: (result: 'hit' | 'miss' | 'shared') => void;
   /** Called once per statement with its size and result, for metrics. */
@@ -77,6 +83,7 @@ export function classifyDbError(err: unknown): { failure: DbFailure; detail: str
   const e = err as { code?: string; message?: string; errno?: string };
   const code = e?.code ?? '';
   const message = (e?.message ?? String(err)).slice(0, 300);
+  if (OUT_OF_DESCRIPTORS.has(code)) return { failure: 'no_descriptor', detail: `the guard has no file descriptor left for a database connection (${code}): raise its open-files limit` };
   if (code === '42501') return { failure: 'privilege', detail: `missing privilege: apply sql/least-privilege-role.sql to the guard's role (${message})` };
   if (POSTGRES_CODES[code]) return { failure: POSTGRES_CODES[code] as DbFailure, detail: message };
   if (/^(ECONNREFUSED|ECONNRESET|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EHOSTUNREACH|CONNECT_TIMEOUT|CONNECTION_)/.test(code) || code === '57P01' || code === '57P03' || code === '53300') {
@@ -86,6 +93,9 @@ export function classifyDbError(err: unknown): { failure: DbFailure; detail: str
 }
 
 class DeadlineError extends Error {}
+
+/** The process's own descriptor limits (per process, system-wide): nothing reached the database. */
+const OUT_OF_DESCRIPTORS: ReadonlySet<string> = new Set(['EMFILE', 'ENFILE']);
 
 /**
  * Failures that say the database itself cannot answer now, whatever it is asked: what queues
@@ -102,6 +112,8 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 /** One workspace waiting for its statement, with everyone who asked. */
 interface Lookup {
   id: string;
+  /** When this lookup's batch first found no file descriptor (0: never). */
+  noDescriptorSince: number;
   promise: Promise<Verdict>;
   resolve(v: Verdict): void;
   reject(err: unknown): void;
@@ -128,6 +140,10 @@ export function createDecider(opts: DeciderOptions): LocalDecider {
   let overdue = 0;
   let lastSent = -Infinity;
   let windowTimer: NodeJS.Timeout | null = null;
+  /** Set while the queue waits for a file descriptor ({@link waitForDescriptor}). */
+  let paused = false;
+  let descriptorPause: NodeJS.Timeout | null = null;
+  let descriptorWaits = 0;
   /** Background work (the warm-up) waiting for a connection no lookup wants. */
   const quietWaiters: Array<() => void> = [];
   const quiet = () => queue.size === 0 && running < opts.maxConcurrent;
@@ -148,19 +164,29 @@ export function createDecider(opts: DeciderOptions): LocalDecider {
     const task = run();
     let timer: NodeJS.Timeout | undefined;
     let late = false;
+    let done = false;
     const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
+      const expire = () => {
+        if (done) return;
         late = true;
         overdue++;
         reject(new DeadlineError(`no answer within ${opts.timeoutMs}ms`));
         pump();
-      }, opts.timeoutMs);
+      };
+      // libuv runs due timers before it reads sockets. When the guard's own event loop was
+      // busy past the deadline (a storm on starved cores), the database's answer can be
+      // waiting unread in the socket while this timer fires: that is the guard's queueing,
+      // not a slow database, and must not fail open. setImmediate runs after the loop's
+      // next poll, so an answer that is already here settles the statement first. (The
+      // server's own statement_timeout still bounds the statement itself.)
+      timer = setTimeout(() => setImmediate(expire), opts.timeoutMs);
     });
     // The connection stays taken until the statement itself settles (the server's
     // statement_timeout ends it), even when the caller's deadline passed first: the pool
     // bound holds. (Cancelling queries queued inside postgres.js left its pool stuck
     // after an outage in our fault tests.)
     const settled = () => {
+      done = true;
       if (late) overdue--;
       release();
     };
@@ -191,7 +217,7 @@ export function createDecider(opts: DeciderOptions): LocalDecider {
       // deadline (black-holed, hung): nothing queued can be sent before one of them ends.
       return failQueue(new DeadlineError(`the database has not answered ${overdue} statement(s) within ${opts.timeoutMs}ms`));
     }
-    while (queue.size > 0 && running < opts.maxConcurrent) {
+    while (!paused && queue.size > 0 && running < opts.maxConcurrent) {
       const wait = lastSent + opts.batchWindowMs - performance.now();
       if (queue.size < opts.batchSize && wait > 0) {
         windowTimer ??= setTimeout(() => {
@@ -216,17 +242,44 @@ export function createDecider(opts: DeciderOptions): LocalDecider {
   const send = async (batch: Lookup[]) => {
     try {
       const latest = await statement('latest_builds', batch.length, () => opts.queries.latestBuilds(batch.map((l) => l.id)));
+      descriptorWaits = 0;
       for (const l of batch) {
         const verdict = decide((latest.get(l.id) as LatestBuild | undefined) ?? null);
         remember(l.id, verdict);
         settle(l, () => l.resolve(verdict));
       }
     } catch (err) {
+      if (waitForDescriptor(batch, err)) return;
       for (const l of batch) settle(l, () => l.reject(err));
       // The database cannot answer now: what waits behind this statement would wait for
       // the same database. Fail it now rather than a deadline later.
       if (DATABASE_WIDE.has(classifyDbError(err).failure)) failQueue(err);
     }
+  };
+
+  /**
+   * The guard had no file descriptor to open a database connection (a storm of 10,000 agents
+   * holds 20,000 sockets): nothing was sent, and descriptors come free as agents are
+   * answered. That is the guard's own queueing, not the database's failure: the batch goes
+   * back to the front of the queue after a pause (10 ms doubling to 500 ms), for at most
+   * `descriptorWaitMs` from its first wait.
+   */
+  const waitForDescriptor = (batch: Lookup[], err: unknown): boolean => {
+    if (classifyDbError(err).failure !== 'no_descriptor') return false;
+    const now = performance.now();
+    for (const l of batch) if (l.noDescriptorSince === 0) l.noDescriptorSince = now;
+    if (batch.some((l) => now - l.noDescriptorSince >= (opts.descriptorWaitMs ?? 5_000))) return false;
+    const rest = [...queue.values()];
+    queue.clear();
+    for (const l of [...batch, ...rest]) queue.set(l.id, l);
+    queued();
+    paused = true;
+    descriptorPause ??= setTimeout(() => {
+      descriptorPause = null;
+      paused = false;
+      pump();
+    }, Math.min(500, 10 * 2 ** descriptorWaits++));
+    return true;
   };
 
   const failQueue = (err: unknown) => {
@@ -249,7 +302,7 @@ export function createDecider(opts: DeciderOptions): LocalDecider {
       reject = rej;
     });
     promise.catch(() => {}); // Every caller handles it; none may become unhandled.
-    const lookup: Lookup = { id, promise, resolve, reject };
+    const lookup: Lookup = { id, noDescriptorSince: 0, promise, resolve, reject };
     inflight.set(id, lookup);
     queue.set(id, lookup);
     queued();

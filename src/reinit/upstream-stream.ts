@@ -57,10 +57,15 @@ export class UpstreamStream implements ResponseSink {
     return this.chunks[0] ?? Buffer.alloc(0);
   }
 
-  /** Resolves on the next change: more bytes, an end, a break, or after `ms`. */
+  /**
+   * Resolves on the next change: more bytes, an end, a break, or after `ms`. When the time
+   * is up, bytes already in the socket are read first (setImmediate runs after the event
+   * loop's next poll): a loop kept busy past `ms` by a storm is the guard's own delay, not
+   * coderd's, and must not end a peek that coderd answered in time.
+   */
   changed(ms: number): Promise<void> {
     return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
+      const timer = setTimeout(() => setImmediate(done), ms);
       function done() {
         clearTimeout(timer);
         resolve();
