@@ -192,8 +192,14 @@ export async function startProxyServer(
 /** Sockets an http.Agent holds, busy and idle. */
 function agentSockets(agent: http.Agent): number {
   let n = 0;
-  for (const list of Object.values(agent.sockets)) n += list?.length ?? 0;
-  for (const list of Object.values(agent.freeSockets)) n += list?.length ?? 0;
+  // A destroyed socket's descriptor is already closed (libuv closes it at once); the agent
+  // forgets it only at its 'close' event, a moment later. Counted by what is open, so that a
+  // client leaving and the guard closing its upstream are seen together.
+  const open = (list: Array<{ destroyed: boolean }> | undefined) => {
+    for (const s of list ?? []) if (!s.destroyed) n++;
+  };
+  for (const list of Object.values(agent.sockets)) open(list);
+  for (const list of Object.values(agent.freeSockets)) open(list);
   return n;
 }
 
