@@ -52,6 +52,8 @@ export interface StormRow {
   maxExternalMiB?: number;
   /** The error codes of the guard's failed upstream requests during the storm (its log). */
   upstreamErrorCodes?: Record<string, number>;
+  /** The details of the guard's failed-open decisions during the storm (its log). */
+  failedOpenDetails?: Record<string, number>;
   /** Deepest accept queue seen on the guard's listener and on the stand-in's (ss Recv-Q). */
   maxGuardAcceptQueue?: number;
   maxStandinAcceptQueue?: number;
@@ -80,18 +82,21 @@ const overflows = (): number => {
   }
 };
 
-/** Counts the codes of the guard's 'upstream request failed' log lines since `since` (its last 20 kB of output). */
-function errorCodes(log: string, since: string): Record<string, number> {
+/**
+ * Counts one field of the guard's log lines whose message passes `match`, since `since` (its
+ * last 20 kB of output): the error codes of failed upstream requests, the details of
+ * failed-open decisions.
+ */
+function logCounts(log: string, since: string, match: (msg: string) => boolean, field: string): Record<string, number> {
   const out: Record<string, number> = {};
   for (const line of log.split('\n')) {
-    if (!line.includes('upstream request failed') && !line.includes('upstream upgrade failed')) continue;
     try {
-      const entry = JSON.parse(line) as { code?: unknown; time?: string };
-      if ((entry.time ?? '') < since) continue;
-      const code = String(entry.code ?? 'none');
-      out[code] = (out[code] ?? 0) + 1;
+      const entry = JSON.parse(line) as Record<string, unknown>;
+      if (!match(String(entry.msg ?? '')) || String(entry.time ?? '') < since) continue;
+      const key = String(entry[field] ?? 'none').slice(0, 120);
+      out[key] = (out[key] ?? 0) + 1;
     } catch {
-      // A line cut by the end of the capture.
+      // A line cut by the end of the capture, or not JSON.
     }
   }
   return out;
@@ -205,7 +210,8 @@ async function runStorm(name: string, url: string, agents: Agent[], watch: { gua
       maxHeapTotalMiB: round(samples.heapTotal / 2 ** 20, 1),
       maxHeapUsedMiB: round(samples.heapUsed / 2 ** 20, 1),
       maxExternalMiB: round(samples.external / 2 ** 20, 1),
-      upstreamErrorCodes: errorCodes(watch.guard.log(), since),
+      upstreamErrorCodes: logCounts(watch.guard.log(), since, (m) => m === 'upstream request failed' || m === 'upstream upgrade failed', 'code'),
+      failedOpenDetails: logCounts(watch.guard.log(), since, (m) => m.startsWith('reinit decision failed open') || m === 'reinit stream passed without a decision', 'detail'),
     });
   }
   row.maxStandinAcceptQueue = samples.standinQueue;
