@@ -85,7 +85,15 @@ export async function startContender(name: ContenderName, upstream: string, guar
   if (name === 'http-proxy') return { proc: await startNode(name, 'bench/contenders/http-proxy.ts', port, { TARGET: upstream }), url };
   if (name === 'hono-proxy') return { proc: await startNode(name, 'bench/contenders/hono-proxy.ts', port, { TARGET: upstream }), url };
   const admin = await freePort();
-  const proc = await start('guard', process.execPath, ['dist/main.js'], port, {
+  // BENCH_GUARD_NODE_FLAGS: node flags for the guard (V8 flags NODE_OPTIONS does not accept).
+  const flags = (process.env.BENCH_GUARD_NODE_FLAGS ?? '').split(' ').filter(Boolean);
+  // BENCH_GUARD_CGROUP: a (v1 or v2) memory cgroup directory to start the guard in, as a
+  // container's memory limit does: node sizes its heap from the limit at start.
+  const cgroup = process.env.BENCH_GUARD_CGROUP;
+  const [cmd, args] = cgroup
+    ? ['sh', ['-c', `echo $$ > "$0/cgroup.procs" && exec "$@"`, cgroup, process.execPath, ...flags, 'dist/main.js']]
+    : [process.execPath, [...flags, 'dist/main.js']];
+  const proc = await start('guard', cmd, args, port, {
     REINIT_GUARD_UPSTREAM: upstream,
     REINIT_GUARD_LISTEN: `127.0.0.1:${port}`,
     REINIT_GUARD_ADMIN_LISTEN: `127.0.0.1:${admin}`,
