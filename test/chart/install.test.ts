@@ -162,6 +162,9 @@ afterAll(async () => {
 describe('every object of every scenario passes the API server (server-side dry run, strict fields)', () => {
   beforeAll(async () => {
     await mustCreate(namespace('coder'));
+    // A real cluster's controller-manager gives every namespace a ServiceAccount "default"; this
+    // one runs none, and the ServiceAccount admission plugin checks a Pod's (the helm test Pod's).
+    await mustCreate({ apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'default' } } as Obj, 'coder');
   });
 
   it.each(scenarios)('%s', async (scenario) => {
