@@ -33,8 +33,9 @@ export interface AuditReport {
 const USAGE = `usage: coder-reinit-guard audit [--limit N] [--json]
 
 Read-only report of the workspaces the prebuild reinit bug hits. Uses the guard's
-configuration: REINIT_GUARD_PG_URL (or ${CODER_PG_URL_ENV}), and optionally
-REINIT_GUARD_UPSTREAM (to read coderd's version) and REINIT_GUARD_RETIRE_AT (the fixed range).
+configuration: REINIT_GUARD_PG_URL (or ${CODER_PG_URL_ENV}, or PGHOST with PGPORT,
+PGDATABASE, PGUSER, PGPASSWORD and PGSSLMODE), and optionally REINIT_GUARD_UPSTREAM (to read
+coderd's version) and REINIT_GUARD_RETIRE_AT (the fixed range).
 Exit status: 0 nothing affected, 1 some workspaces affected, 2 the audit could not run.
 `;
 

@@ -188,7 +188,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   option({
     env: 'REINIT_GUARD_PG_URL',
     key: 'pgUrl',
-    doc: "PostgreSQL URL of coderd's database; falls back to CODER_PG_CONNECTION_URL; required unless the mode is off",
+    doc: "PostgreSQL URL of coderd's database; falls back to CODER_PG_CONNECTION_URL; required unless the mode is off or the database is given as PGHOST (with PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSSLMODE)",
     secret: true,
     parse: parsePgUrl,
   }),
