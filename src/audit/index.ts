@@ -1,5 +1,4 @@
-import { CODER_PG_URL_ENV, loadConfig } from '../config/index.js';
-import { redactUrl } from '../config/parsers.js';
+import { CODER_PG_URL_ENV, describeDatabase, loadConfig } from '../config/index.js';
 import { DEFAULT_RETIRE_AT } from '../config/options.js';
 import { createDbClient } from '../db/client.js';
 import { fetchCoderdVersion, versionRetires } from '../lifecycle/retirement.js';
@@ -34,8 +33,9 @@ export interface AuditReport {
 const USAGE = `usage: coder-reinit-guard audit [--limit N] [--json]
 
 Read-only report of the workspaces the prebuild reinit bug hits. Uses the guard's
-configuration: REINIT_GUARD_PG_URL (or ${CODER_PG_URL_ENV}), and optionally
-REINIT_GUARD_UPSTREAM (to read coderd's version) and REINIT_GUARD_RETIRE_AT (the fixed range).
+configuration: REINIT_GUARD_PG_URL (or ${CODER_PG_URL_ENV}, or PGHOST with PGPORT,
+PGDATABASE, PGUSER, PGPASSWORD and PGSSLMODE), and optionally REINIT_GUARD_UPSTREAM (to read
+coderd's version) and REINIT_GUARD_RETIRE_AT (the fixed range).
 Exit status: 0 nothing affected, 1 some workspaces affected, 2 the audit could not run.
 `;
 
@@ -118,8 +118,8 @@ export async function runAudit(argv: string[], env: Record<string, string | unde
     return AUDIT_EXIT.FAILED;
   }
   const config = cfg.config;
-  if (!config.pgUrl) {
-    io.err(`audit: REINIT_GUARD_PG_URL is not set: set it (or ${CODER_PG_URL_ENV}) to coderd's PostgreSQL URL\n`);
+  if (!config.pgUrl && !config.pgParams) {
+    io.err(`audit: REINIT_GUARD_PG_URL is not set: set either it (or ${CODER_PG_URL_ENV}) to coderd's PostgreSQL URL, or PGHOST (with PGPORT, PGDATABASE, PGUSER, PGPASSWORD and PGSSLMODE as needed)\n`);
     return AUDIT_EXIT.FAILED;
   }
 
@@ -151,7 +151,7 @@ export async function runAudit(argv: string[], env: Record<string, string | unde
     }
   }
 
-  const sql = createDbClient({ url: config.pgUrl, poolSize: 1, statementTimeoutMs: 60_000, connectTimeoutMs: config.dbConnectTimeoutMs });
+  const sql = createDbClient({ url: config.pgUrl, params: config.pgParams, poolSize: 1, statementTimeoutMs: 60_000, connectTimeoutMs: config.dbConnectTimeoutMs });
   try {
     const q = createAuditQueries(sql);
     const counts = await q.counts();
@@ -160,7 +160,7 @@ export async function runAudit(argv: string[], env: Record<string, string | unde
     io.out(json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));
     return counts.affected > 0 ? AUDIT_EXIT.SOME_AFFECTED : AUDIT_EXIT.NONE_AFFECTED;
   } catch (err) {
-    io.err(`audit: ${explain(err)} [database ${redactUrl(config.pgUrl)}]\n`);
+    io.err(`audit: ${explain(err)} [database ${describeDatabase(config)}]\n`);
     return AUDIT_EXIT.FAILED;
   } finally {
     await sql.end({ timeout: 1 }).catch(() => {});

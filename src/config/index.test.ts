@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { loadConfig, OPTIONS, unknownVariables } from './index.js';
+import { describeConfig, loadConfig, OPTIONS, unknownVariables } from './index.js';
 
 const base = { REINIT_GUARD_UPSTREAM: 'http://coder-upstream:8080', REINIT_GUARD_PG_URL: 'postgres://guard:pw@db:5432/coder' };
 
@@ -22,6 +22,38 @@ describe('loadConfig', () => {
     expect(r.ok && r.config.pgUrl).toBe('postgres://c:pw@db/coder');
   });
 
+  it('takes the database as separate PG* variables when no URL is set and PGHOST is', () => {
+    const r = loadConfig({
+      REINIT_GUARD_UPSTREAM: base.REINIT_GUARD_UPSTREAM,
+      PGHOST: 'postgres.db.svc',
+      PGPORT: '6432',
+      PGDATABASE: 'coder',
+      PGUSER: 'reinit_guard',
+      PGPASSWORD: 'topsecret',
+      PGSSLMODE: 'require',
+    });
+    expect(r.ok, r.ok ? '' : r.problems.join('\n')).toBe(true);
+    const config = r.ok ? r.config : undefined;
+    expect(config?.pgUrl).toBeUndefined();
+    expect(config?.pgParams).toEqual({ host: 'postgres.db.svc', port: 6432, database: 'coder', user: 'reinit_guard', password: 'topsecret', ssl: 'require' });
+    const shown = describeConfig(config!).pg as string;
+    expect(shown).toBe('postgres://reinit_guard:***@postgres.db.svc:6432/coder?sslmode=require (from PGHOST and the other PG* variables)');
+    expect(shown).not.toContain('topsecret');
+  });
+
+  it("PG* defaults are libpq's: port 5432, sslmode prefer; disable turns TLS off", () => {
+    const r = loadConfig({ REINIT_GUARD_UPSTREAM: base.REINIT_GUARD_UPSTREAM, PGHOST: 'db' });
+    expect(r.ok && r.config.pgParams).toEqual({ host: 'db', port: 5432, database: undefined, user: undefined, password: undefined, ssl: 'prefer' });
+    const off = loadConfig({ REINIT_GUARD_UPSTREAM: base.REINIT_GUARD_UPSTREAM, PGHOST: 'db', PGSSLMODE: 'disable' });
+    expect(off.ok && off.config.pgParams?.ssl).toBe(false);
+  });
+
+  it('a URL wins over PG* variables', () => {
+    const r = loadConfig({ ...base, PGHOST: 'elsewhere' });
+    expect(r.ok && r.config.pgUrl).toBe(base.REINIT_GUARD_PG_URL);
+    expect(r.ok && r.config.pgParams).toBeUndefined();
+  });
+
   it('needs no database in mode off', () => {
     const r = loadConfig({ REINIT_GUARD_UPSTREAM: base.REINIT_GUARD_UPSTREAM, REINIT_GUARD_MODE: 'off' });
     expect(r.ok).toBe(true);
@@ -42,7 +74,13 @@ describe('loadConfig', () => {
     [{ REINIT_GUARD_DB_POOL_SIZE: '0' }, 'REINIT_GUARD_DB_POOL_SIZE "0" is not valid: use a whole number from 1 to 64'],
     [{ REINIT_GUARD_PASS_CACHE_TTL: '1m' }, 'REINIT_GUARD_PASS_CACHE_TTL "1m" is not valid: use at most 10s: the claim build stops being the latest as soon as the user builds again'],
     [{ REINIT_GUARD_ADMIN_LISTEN: '0.0.0.0:8080' }, `REINIT_GUARD_ADMIN_LISTEN "0.0.0.0:8080" is not valid: use a port other than REINIT_GUARD_LISTEN's`],
-    [{ REINIT_GUARD_PG_URL: undefined }, "REINIT_GUARD_PG_URL is not set: set it (or CODER_PG_CONNECTION_URL) to coderd's PostgreSQL URL, or set REINIT_GUARD_MODE=off"],
+    [{ REINIT_GUARD_PG_URL: undefined }, "REINIT_GUARD_PG_URL is not set: set either it (or CODER_PG_CONNECTION_URL) to coderd's PostgreSQL URL, or PGHOST (with PGPORT, PGDATABASE, PGUSER, PGPASSWORD and PGSSLMODE as needed), or set REINIT_GUARD_MODE=off"],
+    // PGUSER alone is not a database: PGHOST is what says "separate variables".
+    [{ REINIT_GUARD_PG_URL: undefined, PGUSER: 'guard' }, "REINIT_GUARD_PG_URL is not set: set either it (or CODER_PG_CONNECTION_URL) to coderd's PostgreSQL URL, or PGHOST (with PGPORT, PGDATABASE, PGUSER, PGPASSWORD and PGSSLMODE as needed), or set REINIT_GUARD_MODE=off"],
+    [{ REINIT_GUARD_PG_URL: undefined, PGHOST: 'db', PGPORT: 'five' }, 'PGPORT "five" is not valid: use a port number from 1 to 65535'],
+    [{ REINIT_GUARD_PG_URL: undefined, PGHOST: 'db', PGPORT: '70000' }, 'PGPORT "70000" is not valid: use a port number from 1 to 65535'],
+    [{ REINIT_GUARD_PG_URL: undefined, PGHOST: 'db', PGSSLMODE: 'verify-ca' }, 'PGSSLMODE "verify-ca" is not valid: use disable, allow, prefer, require, verify-full (verify-full checks the certificate and the host name)'],
+    [{ REINIT_GUARD_PG_URL: undefined, PGHOST: 'db1,db2' }, 'PGHOST "db1,db2" is not valid: use one host name or IP address'],
     [{ REINIT_GUARD_PG_URL: 'mysql://u:topsecret@db/x' }, 'REINIT_GUARD_PG_URL "mysql://u:***@db/x" is not valid: use a postgres:// or postgresql:// URL, e.g. postgres://user:pw@host:5432/coder?sslmode=disable'],
   ])('reports %o', (override, message) => {
     const r = loadConfig({ ...base, ...override });

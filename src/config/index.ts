@@ -1,6 +1,6 @@
 import { closest } from './suggest.js';
 import { readFileSync } from 'node:fs';
-import { OPTIONS, type Config } from './options.js';
+import { OPTIONS, PG_SSLMODES, type Config, type PgParams } from './options.js';
 import { redactUrl } from './parsers.js';
 
 export * from './options.js';
@@ -50,9 +50,14 @@ export function loadConfig(env: Env, opts: { upstreamRequired?: boolean } = {}):
     problems.push('REINIT_GUARD_UPSTREAM is not set: set it to the base URL of coderd, e.g. http://coder-upstream:8080');
   }
   const pgProblem = problems.some((p) => p.startsWith('REINIT_GUARD_PG_URL ') || p.startsWith(`${CODER_PG_URL_ENV} `));
-  if (out.pgUrl === undefined && out.mode !== 'off' && !pgProblem) {
+  // No URL: the database may be given as separate libpq variables (PGHOST and the rest).
+  if (out.pgUrl === undefined && !pgProblem && env.PGHOST) {
+    const params = pgParamsFrom(env, problems);
+    if (params) out.pgParams = params;
+  }
+  if (out.pgUrl === undefined && !env.PGHOST && out.mode !== 'off' && !pgProblem) {
     problems.push(
-      `REINIT_GUARD_PG_URL is not set: set it (or ${CODER_PG_URL_ENV}) to coderd's PostgreSQL URL, or set REINIT_GUARD_MODE=off`,
+      `REINIT_GUARD_PG_URL is not set: set either it (or ${CODER_PG_URL_ENV}) to coderd's PostgreSQL URL, or PGHOST (with PGPORT, PGDATABASE, PGUSER, PGPASSWORD and PGSSLMODE as needed), or set REINIT_GUARD_MODE=off`,
     );
   }
   const tlsSet = [out.tlsListen, out.tlsCert, out.tlsKey].filter((v) => v !== undefined).length;
@@ -66,6 +71,42 @@ export function loadConfig(env: Env, opts: { upstreamRequired?: boolean } = {}):
   }
 
   return problems.length ? { ok: false, problems } : { ok: true, config: out as Config };
+}
+
+/**
+ * The database as separate libpq variables (read only when no URL is set and PGHOST is).
+ * PGSSLMODE is checked here: postgres.js does not read it, and would take any other value
+ * (`disable` included) as "use TLS".
+ */
+function pgParamsFrom(env: Env, problems: string[]): PgParams | undefined {
+  const before = problems.length;
+  const host = (env.PGHOST ?? '').trim();
+  let port = 5432;
+  if (env.PGPORT !== undefined && env.PGPORT !== '') {
+    const n = /^\d+$/.test(env.PGPORT.trim()) ? Number(env.PGPORT.trim()) : NaN;
+    if (Number.isInteger(n) && n >= 1 && n <= 65535) port = n;
+    else problems.push(`PGPORT ${JSON.stringify(env.PGPORT)} is not valid: use a port number from 1 to 65535`);
+  }
+  let ssl: PgParams['ssl'] = 'prefer';
+  const mode = (env.PGSSLMODE ?? '').trim();
+  if (mode !== '') {
+    if ((PG_SSLMODES as readonly string[]).includes(mode)) ssl = mode === 'disable' ? false : (mode as PgParams['ssl']);
+    else problems.push(`PGSSLMODE ${JSON.stringify(mode)} is not valid: use ${PG_SSLMODES.join(', ')} (verify-full checks the certificate and the host name)`);
+  }
+  if (/[\s,/]/.test(host)) problems.push(`PGHOST ${JSON.stringify(host)} is not valid: use one host name or IP address`);
+  if (problems.length > before) return undefined;
+  const opt = (v: string | undefined) => (v === undefined || v === '' ? undefined : v);
+  return { host, port, database: opt(env.PGDATABASE), user: opt(env.PGUSER), password: opt(env.PGPASSWORD), ssl };
+}
+
+/** How the database is shown in logs: never its password. */
+export function describeDatabase(config: Pick<Config, 'pgUrl' | 'pgParams'>): string | null {
+  if (config.pgUrl) return redactUrl(config.pgUrl);
+  const p = config.pgParams;
+  if (!p) return null;
+  const user = p.user ? `${encodeURIComponent(p.user)}${p.password ? ':***' : ''}@` : '';
+  const host = p.host.includes(':') ? `[${p.host}]` : p.host;
+  return `postgres://${user}${host}:${p.port}/${encodeURIComponent(p.database ?? '')}?sslmode=${p.ssl === false ? 'disable' : p.ssl} (from PGHOST and the other PG* variables)`;
 }
 
 /**
@@ -98,7 +139,7 @@ export function unknownVariables(env: Env): Array<{ variable: string; didYouMean
 export function describeConfig(config: Config): Record<string, unknown> {
   return {
     upstream: config.upstream.origin,
-    pg: config.pgUrl ? redactUrl(config.pgUrl) : null,
+    pg: describeDatabase(config),
     listen: `${config.listen.host}:${config.listen.port}`,
     admin_listen: `${config.adminListen.host}:${config.adminListen.port}`,
     mode: config.mode,

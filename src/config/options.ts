@@ -28,6 +28,12 @@ export type ForwardedHeaderMode = (typeof FORWARDED_HEADER_MODES)[number];
 export interface Config {
   upstream: URL;
   pgUrl: string | undefined;
+  /**
+   * The database as separate libpq variables (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD,
+   * PGSSLMODE), read when no URL is set and PGHOST is: a Helm chart can then take the password
+   * from a Secret key of its own.
+   */
+  pgParams: PgParams | undefined;
   listen: HostPort;
   adminListen: HostPort;
   mode: Mode;
@@ -75,6 +81,21 @@ export interface Config {
   /** Name coderd's certificate is verified against (and sent as SNI), if not the URL's host. */
   upstreamServername: string | undefined;
 }
+
+/** The database connection given as separate libpq variables instead of a URL. */
+export interface PgParams {
+  host: string;
+  port: number;
+  database: string | undefined;
+  user: string | undefined;
+  password: string | undefined;
+  /** PGSSLMODE as postgres.js takes it: `disable` is false; unset is libpq's default, prefer. */
+  ssl: false | 'allow' | 'prefer' | 'require' | 'verify-full';
+}
+
+/** The libpq variables read when REINIT_GUARD_PG_URL (and CODER_PG_CONNECTION_URL) is unset. */
+export const PG_ENV = ['PGHOST', 'PGPORT', 'PGDATABASE', 'PGUSER', 'PGPASSWORD', 'PGSSLMODE'] as const;
+export const PG_SSLMODES = ['disable', 'allow', 'prefer', 'require', 'verify-full'] as const;
 
 export const DEFAULT_LISTEN = '0.0.0.0:8080';
 export const DEFAULT_ADMIN_LISTEN = '0.0.0.0:9090';
@@ -167,7 +188,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   option({
     env: 'REINIT_GUARD_PG_URL',
     key: 'pgUrl',
-    doc: "PostgreSQL URL of coderd's database; falls back to CODER_PG_CONNECTION_URL; required unless the mode is off",
+    doc: "PostgreSQL URL of coderd's database; falls back to CODER_PG_CONNECTION_URL; required unless the mode is off or the database is given as PGHOST (with PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSSLMODE)",
     secret: true,
     parse: parsePgUrl,
   }),

@@ -1,11 +1,14 @@
 import postgres from 'postgres';
+import type { PgParams } from '../config/options.js';
 
 /** The postgres.js client type the guard's SQL module receives. */
 export type Sql = postgres.Sql;
 
 /** How the guard's database session is opened. */
 export interface DbClientOptions {
-  url: string;
+  /** A postgres:// URL; or, without one, `params` (the PG* variables as the config read them). */
+  url?: string | undefined;
+  params?: PgParams | undefined;
   poolSize: number;
   /** Per-statement deadline enforced by the server (statement_timeout). */
   statementTimeoutMs: number;
@@ -21,7 +24,11 @@ export const APPLICATION_NAME = 'coder-reinit-guard';
  * at the decision deadline, and the pool is small so the guard can never crowd coderd.
  */
 export function createDbClient(opts: DbClientOptions): Sql {
-  return postgres(opts.url, {
+  // With no URL, every part is passed explicitly, so what the config validated (and the
+  // PGSSLMODE postgres.js does not read) is what connects.
+  const p = opts.url ? undefined : opts.params;
+  return postgres(opts.url as string, {
+    ...(p && { host: p.host, port: p.port, database: p.database, user: p.user, pass: p.password, ssl: p.ssl }),
     max: opts.poolSize,
     connect_timeout: Math.max(1, Math.ceil(opts.connectTimeoutMs / 1000)),
     idle_timeout: 300,

@@ -56,7 +56,8 @@ export async function startControlPlane(config: Config, opts: ControlOptions): P
   const probes: Record<string, () => Promise<ProbeResult>> = { coderd: () => probeUpstream(opts.upstream) };
   if (config.mode !== 'off') {
     sql = createDbClient({
-      url: config.pgUrl as string,
+      url: config.pgUrl,
+      params: config.pgParams,
       poolSize: config.dbPoolSize,
       statementTimeoutMs: config.dbTimeoutMs,
       connectTimeoutMs: config.dbConnectTimeoutMs,

@@ -162,6 +162,9 @@ afterAll(async () => {
 describe('every object of every scenario passes the API server (server-side dry run, strict fields)', () => {
   beforeAll(async () => {
     await mustCreate(namespace('coder'));
+    // A real cluster's controller-manager gives every namespace a ServiceAccount "default"; this
+    // one runs none, and the ServiceAccount admission plugin checks a Pod's (the helm test Pod's).
+    await mustCreate({ apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'default' } } as Obj, 'coder');
   });
 
   it.each(scenarios)('%s', async (scenario) => {
@@ -193,6 +196,9 @@ describe.each(helms)('$name walks the README', (helm: Helm) => {
   /** Installs the coder release with coder's own chart, as the README assumes it is. */
   async function installCoder(n: string, ...sets: string[]): Promise<void> {
     await mustCreate(namespace(n));
+    // What a controller-manager creates in every namespace (this cluster runs none): the helm
+    // test Pod runs as it.
+    await mustCreate({ apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'default' } } as Obj, n);
     await mustCreate({ apiVersion: 'v1', kind: 'Secret', metadata: { name: 'coder-db-url' }, stringData: { url: 'postgres://coder:pw@postgres:5432/coder?sslmode=disable' } } as Obj, n);
     ok(['install', 'coder', coderChart, '-n', n, '--set', `coder.image.tag=${CODER_VERSION}`, ...sets.flatMap((s) => ['--set', s])]);
   }
@@ -256,6 +262,26 @@ describe.each(helms)('$name walks the README', (helm: Helm) => {
       expect(await selected(n, (pdb.spec!.selector as { matchLabels: Record<string, string> }).matchLabels)).toEqual([GUARD]);
       const cm = (await get<Obj>('v1', 'ConfigMap', n, GUARD))!;
       expect(cm.data!.REINIT_GUARD_UPSTREAM).toBe(`http://coder-upstream.${n}.svc.cluster.local:80`);
+    });
+
+    it('helm test runs the chart\'s test Pod and reports its result (this test plays the kubelet: no pod runs here)', async () => {
+      const pod = `${GUARD}-test`;
+      const run = helm.start(['test', GUARD, '-n', n, '--timeout', '90s'], cluster.kubeconfig);
+      let created: Obj | undefined;
+      await expect.poll(async () => (created = await get<Obj>('v1', 'Pod', n, pod)), { timeout: 60_000, interval: 250 }).toBeDefined();
+      expect(created!.metadata.annotations).toMatchObject({ 'helm.sh/hook': 'test' });
+      const c = (created!.spec!.containers as Array<{ image: string; env: Array<{ name: string; value: string }> }>)[0]!;
+      expect(c.image).toBe('busybox:1.37.0');
+      expect(c.env).toEqual([{ name: 'GUARD', value: `${GUARD}.${n}.svc` }]);
+      // What the kubelet reports once the checks exit 0.
+      const patched = await cluster.api('PATCH', `/api/v1/namespaces/${n}/pods/${pod}/status`, { status: { phase: 'Succeeded' } }, 'application/merge-patch+json');
+      expect(patched.status).toBe(200);
+      const r = await run;
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      expect(r.stdout).toMatch(new RegExp(`TEST SUITE:\\s+${pod}[\\s\\S]*Phase:\\s+Succeeded`));
+      // hook-succeeded: nothing is left behind.
+      await expect.poll(() => get<Obj>('v1', 'Pod', n, pod), { timeout: 30_000 }).toBeUndefined();
     });
 
     it('helm upgrade with a changed configuration changes the checksum annotation; one without does not', async () => {

@@ -1,8 +1,8 @@
-import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { chart, goldenDir, helms, objects, requireTools, scenarios, scratch, valuesFile, type Obj } from './tools.js';
+import { chart, goldenDir, helms, objects, requireTools, run, scenarios, scratch, valuesFile, type Obj } from './tools.js';
 
 /**
  * The chart meets real Helm, both majors (built from their modules by tools/build.sh):
@@ -15,9 +15,10 @@ const template = (h: (typeof helms)[number], ...args: string[]) => h.run(['templ
 
 /**
  * The golden files hold Helm 3's bytes. Helm 4 prints the same bytes plus one blank line ending
- * each document: that one difference is taken out, nothing else.
+ * each document (the last one too when it is a hook, such as the `helm test` Pod, which Helm
+ * prints after the manifests): that one difference is taken out, nothing else.
  */
-const asHelm3 = (h: (typeof helms)[number], text: string) => (h.name === 'helm4' ? text.replace(/\n\n(?=---\n)/g, '\n') : text);
+const asHelm3 = (h: (typeof helms)[number], text: string) => (h.name === 'helm4' ? text.replace(/\n\n(?=---\n)|\n\n$/g, '\n') : text);
 
 beforeAll(() => requireTools('helm3', 'helm4'));
 
@@ -71,6 +72,11 @@ describe.each(helms)('$name', (helm) => {
       [['reinitGuard.service.type=ExternalName'], "- at '/reinitGuard/service/type': value must be one of 'ClusterIP', 'NodePort', 'LoadBalancer'"],
       [['reinitGuard.gateway.parentRefs[0].nam=public'], "- at '/reinitGuard/gateway/parentRefs/0': missing property 'name'"],
       [['reinitGuard.prometheusRule.enable=yes'], "- at '/reinitGuard/prometheusRule/enable': got string, want boolean"],
+      [['reinitGuard.prometheusRule.alerts.CoderReinitGuardNoSuchAlert.enable=false'], "- at '/reinitGuard/prometheusRule/alerts': additional properties 'CoderReinitGuardNoSuchAlert' not allowed"],
+      [['reinitGuard.db.sslmode=verify-ca'], "- at '/reinitGuard/db/sslmode': value must be one of '', 'disable', 'allow', 'prefer', 'require', 'verify-full'"],
+      [['reinitGuard.image.digest=latest'], "- at '/reinitGuard/image/digest': 'latest' does not match pattern"],
+      [['reinitGuard.serviceAccount.automount=true'], "- at '/reinitGuard/serviceAccount': additional properties 'automount' not allowed"],
+      [['tests.enabled=false'], "- at '/tests': additional properties 'enabled' not allowed"],
     ])('--set %j is refused', (sets, message) => {
       const r = template(helm, ...sets.flatMap((s) => ['--set', s]));
       expect(r.status).toBe(1);
@@ -90,6 +96,8 @@ describe.each(helms)('$name', (helm) => {
       [['reinitGuard.topology=gateway', 'reinitGuard.gateway.hostnames[0]=coder.example.com'], 'reinitGuard.gateway.parentRefs is required with topology gateway'],
       [['reinitGuard.topology=gateway', 'reinitGuard.gateway.parentRefs[0].name=public'], 'reinitGuard.gateway.hostnames is required with topology gateway'],
       [['reinitGuard.tls.enable=true'], 'reinitGuard.tls.secretName is required when reinitGuard.tls.enable is true'],
+      [['reinitGuard.db.host=db', 'reinitGuard.db.user=guard'], 'reinitGuard.db.existingSecret is required with reinitGuard.db.host'],
+      [['reinitGuard.db.host=db', 'reinitGuard.db.existingSecret=pw'], 'reinitGuard.db.user is required with reinitGuard.db.host'],
       [['reinitGuard.topology=ingress', 'reinitGuard.ingress.host=coder.example.com', 'reinitGuard.ingress.tls.enable=true'], 'reinitGuard.ingress.tls.secretName is required when reinitGuard.ingress.tls.enable is true'],
     ])('--set %j', (sets, message) => {
       const r = template(helm, ...sets.flatMap((s) => ['--set', s]));
@@ -97,6 +105,35 @@ describe.each(helms)('$name', (helm) => {
       expect(r.stderr).toMatch(/^Error: execution error at \(coder-reinit-guard\/templates\/[a-z-]+\.yaml:\d+:\d+\): /);
       expect(r.stderr).toContain(message);
     });
+  });
+
+  it('renders as a subchart of a parent chart that sets global values (helm/helm#10392)', () => {
+    const dir = scratch(`${helm.name}-parent`);
+    try {
+      mkdirSync(path.join(dir, 'parent/charts'), { recursive: true });
+      cpSync(chart, path.join(dir, 'parent/charts/coder-reinit-guard'), { recursive: true });
+      writeFileSync(
+        path.join(dir, 'parent/Chart.yaml'),
+        ['apiVersion: v2', 'name: parent', 'version: 1.0.0', 'dependencies:', '  - name: coder-reinit-guard', '    version: 0.1.0', ''].join('\n'),
+      );
+      writeFileSync(
+        path.join(dir, 'parent/values.yaml'),
+        ['global:', '  imageRegistry: registry.example.com', '  storageClass: fast', 'coder-reinit-guard:', '  reinitGuard:', '    mode: observe', ''].join('\n'),
+      );
+      const r = helm.run(['template', 'platform', path.join(dir, 'parent'), '-n', 'coder', '--set', 'global.labels.team=platform']);
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      const o = objects(r.stdout);
+      const cm = o.find((x) => x.kind === 'ConfigMap' && x.metadata.name === 'platform-coder-reinit-guard')!;
+      expect(cm.data!.REINIT_GUARD_MODE).toBe('observe');
+      expect(o.find((x) => x.kind === 'Deployment')!.metadata.labels).toMatchObject({ 'app.kubernetes.io/instance': 'platform' });
+      // The subchart's own checks still hold it.
+      const bad = helm.run(['template', 'platform', path.join(dir, 'parent'), '-n', 'coder', '--set', 'coder-reinit-guard.reinitGuard.sevice.type=NodePort']);
+      expect(bad.status).toBe(1);
+      expect(bad.stderr).toContain("additional properties 'sevice' not allowed");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('packages the chart, and the package renders as the chart does', () => {
@@ -187,5 +224,122 @@ describe('topology-specific objects (helm3 output; helm4 renders the same golden
     expect(rule.metadata.labels).toMatchObject({ release: 'prometheus' });
     expect(rule.spec).toEqual(parse(readFileSync(path.join(chart, 'rules/alerts.yaml'), 'utf8')));
     expect(objs('takeover').find((x) => x.kind === 'PrometheusRule')).toBeUndefined();
+  });
+});
+
+describe('the conventions operators know (scenario conventions, helm3 output; helm4 renders the same)', () => {
+  const o = objects(readFileSync(path.join(goldenDir, 'conventions.yaml'), 'utf8'));
+  const deployment = o.find((x) => x.kind === 'Deployment')!;
+  type Container = { image: string; env: Array<{ name: string; value?: string; valueFrom?: unknown }>; [k: string]: unknown };
+  const pod = (deployment.spec as { template: { metadata: { labels: Record<string, string> }; spec: Record<string, unknown> & { containers: Container[] } } }).template;
+  const guard = pod.spec.containers[0]!;
+
+  it('fullnameOverride names the objects; commonLabels reach every object the chart creates, podLabels the pods only', () => {
+    expect(deployment.metadata.name).toBe('reinit-guard');
+    for (const x of o.filter((x) => !x.metadata.name.endsWith('-extra') && x.metadata.name !== 'coder' && x.metadata.name !== 'coder-upstream')) {
+      expect(x.metadata.name, `${x.kind}`).toMatch(/^reinit-guard/);
+    }
+    for (const x of o.filter((x) => !x.metadata.name.endsWith('-extra') || x.kind === 'ConfigMap')) {
+      expect(x.metadata.labels, `${x.kind}/${x.metadata.name}`).toMatchObject({ team: 'platform' });
+    }
+    expect(pod.metadata.labels).toMatchObject({ team: 'platform', 'cost-center': '42' });
+    expect(deployment.metadata.labels!['cost-center']).toBeUndefined();
+  });
+
+  it('image.digest pins the image; the ServiceAccount is the chart\'s, with no token', () => {
+    expect(guard.image).toBe('ghcr.io/coder-reinit-guard/coder-reinit-guard@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef');
+    expect(pod.spec).toMatchObject({ serviceAccountName: 'reinit-guard-sa', automountServiceAccountToken: false, priorityClassName: 'system-cluster-critical' });
+    const sa = o.find((x) => x.kind === 'ServiceAccount')!;
+    expect(sa).toMatchObject({ metadata: { name: 'reinit-guard-sa', annotations: { 'eks.amazonaws.com/role-arn': expect.any(String) } }, automountServiceAccountToken: false });
+  });
+
+  it('the database as separate keys: PG* variables and the password from a Secret key, no URL', () => {
+    const env = Object.fromEntries(guard.env.map((e) => [e.name, e.value ?? e.valueFrom]));
+    expect(env).toMatchObject({
+      PGHOST: 'postgres.databases.svc.cluster.local',
+      PGPORT: '6432',
+      PGDATABASE: 'coder',
+      PGUSER: 'reinit_guard',
+      PGSSLMODE: 'verify-full',
+      PGPASSWORD: { secretKeyRef: { name: 'reinit-guard-db', key: 'pw', optional: false } },
+      REINIT_GUARD_PEEK_TIMEOUT: '3s',
+    });
+    expect(env.REINIT_GUARD_PG_URL).toBeUndefined();
+    // The default stays the URL Secret.
+    const takeover = objects(readFileSync(path.join(goldenDir, 'takeover.yaml'), 'utf8')).find((x) => x.kind === 'Deployment')!;
+    expect(JSON.stringify(takeover)).toContain('"name":"REINIT_GUARD_PG_URL"');
+    expect(JSON.stringify(takeover)).not.toContain('PGHOST');
+  });
+
+  it('probes are merged over the defaults; lifecycle, volumes, envFrom and topologySpreadConstraints as given', () => {
+    expect(guard.readinessProbe).toEqual({ httpGet: { path: '/readyz', port: 'admin' }, periodSeconds: 3, failureThreshold: 2, timeoutSeconds: 3 });
+    expect(guard.livenessProbe).toEqual({ httpGet: { path: '/healthz', port: 'admin' }, periodSeconds: 10, failureThreshold: 3, timeoutSeconds: 5 });
+    expect(guard.startupProbe).toMatchObject({ httpGet: { path: '/healthz', port: 'admin' }, failureThreshold: 60 });
+    expect(guard.lifecycle).toEqual({ preStop: { sleep: { seconds: 2 } } });
+    expect(guard.volumeMounts).toEqual([{ name: 'scratch', mountPath: '/scratch' }]);
+    expect(pod.spec.volumes).toEqual([{ name: 'scratch', emptyDir: { sizeLimit: '16Mi' } }]);
+    expect(guard.envFrom).toEqual([{ configMapRef: { name: 'reinit-guard' } }, { secretRef: { name: 'reinit-guard-extra-env', optional: true } }]);
+    expect(pod.spec.topologySpreadConstraints).toHaveLength(1);
+    expect((pod.spec.topologySpreadConstraints as Array<{ whenUnsatisfiable: string }>)[0]!.whenUnsatisfiable).toBe('DoNotSchedule');
+  });
+
+  it('extraObjects are rendered through tpl, strings and maps alike', () => {
+    expect(o.find((x) => x.kind === 'ConfigMap' && x.metadata.name === 'reinit-guard-extra')!.data).toEqual({ release: 'coder-reinit-guard' });
+    expect(o.find((x) => x.kind === 'Secret' && x.metadata.name === 'reinit-guard-extra')!.metadata.namespace).toBe('coder');
+  });
+
+  it('service labels and loadBalancerSourceRanges; ServiceMonitor scrapeTimeout and relabelings', () => {
+    const coder = o.find((x) => x.kind === 'Service' && x.metadata.name === 'coder')!;
+    expect(coder.metadata.labels).toMatchObject({ exposure: 'internal' });
+    expect(coder.spec!.loadBalancerSourceRanges).toEqual(['10.0.0.0/8']);
+    const sm = o.find((x) => x.kind === 'ServiceMonitor')!;
+    expect((sm.spec!.endpoints as unknown[])[0]).toMatchObject({
+      scrapeTimeout: '10s',
+      relabelings: [{ sourceLabels: ['__meta_kubernetes_pod_node_name'], targetLabel: 'node' }],
+      metricRelabelings: [{ sourceLabels: ['__name__'], regex: 'go_.*', action: 'drop' }],
+    });
+  });
+
+  it('NetworkPolicy egress: coderd pods, PostgreSQL where told, DNS', () => {
+    const np = o.find((x) => x.kind === 'NetworkPolicy')!;
+    expect(np.spec!.policyTypes).toEqual(['Ingress', 'Egress']);
+    expect(np.spec!.egress).toEqual([
+      { ports: [{ port: 8080, protocol: 'TCP' }], to: [{ podSelector: { matchLabels: { 'app.kubernetes.io/name': 'coder', 'app.kubernetes.io/instance': 'coder' } } }] },
+      { ports: [{ port: 6432, protocol: 'TCP' }], to: [{ ipBlock: { cidr: '10.20.0.0/16' } }] },
+      { ports: [{ port: 53, protocol: 'UDP' }, { port: 53, protocol: 'TCP' }] },
+    ]);
+    // Off by default: the full scenario's policy restricts ingress only.
+    expect(objects(readFileSync(path.join(goldenDir, 'full.yaml'), 'utf8')).find((x) => x.kind === 'NetworkPolicy')!.spec!.policyTypes).toEqual(['Ingress']);
+  });
+
+  it('a switched-off alert is left out of the PrometheusRule, and the rest still pass promtool', () => {
+    const file = (parse(readFileSync(path.join(chart, 'rules/alerts.yaml'), 'utf8')) as { groups: Array<{ rules: Array<{ alert: string }> }> }).groups.flatMap((g) => g.rules.map((r) => r.alert));
+    const values = parse(readFileSync(path.join(chart, 'values.yaml'), 'utf8')) as { reinitGuard: { prometheusRule: { alerts: Record<string, { enable: boolean }> } } };
+    // One switch per alert the file has, all on by default.
+    expect(Object.keys(values.reinitGuard.prometheusRule.alerts).sort()).toEqual([...file].sort());
+    expect(Object.values(values.reinitGuard.prometheusRule.alerts).every((a) => a.enable)).toBe(true);
+
+    const spec = o.find((x) => x.kind === 'PrometheusRule')!.spec as { groups: Array<{ rules: Array<{ alert: string }> }> };
+    expect(spec.groups.flatMap((g) => g.rules.map((r) => r.alert))).toEqual(file.filter((a) => a !== 'CoderReinitGuardNoReinitTraffic'));
+    const dir = scratch('rules');
+    try {
+      const rules = path.join(dir, 'rules.yaml');
+      writeFileSync(rules, JSON.stringify(spec));
+      const r = run('promtool', ['check', 'rules', rules]);
+      expect(r.stdout + r.stderr).toContain('SUCCESS: 5 rules found');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('helm test: a hook Pod checks /readyz on the admin port and that the proxy port answers; tests.enable=false leaves it out', () => {
+    const t = o.find((x) => x.kind === 'Pod')!;
+    expect(t.metadata.annotations).toMatchObject({ 'helm.sh/hook': 'test' });
+    const c = (t.spec!.containers as Array<{ image: string; command: string[] }>)[0]!;
+    expect(c.image).toBe('registry.example.com/mirror/busybox:1.37.0-musl');
+    expect(c.command.join(' ')).toContain('http://$GUARD:9090/readyz');
+    expect(c.command.join(' ')).toContain('http://$GUARD:80/');
+    const off = helms[0]!.run(['template', release, chart, '-n', 'coder', '--set', 'tests.enable=false']);
+    expect(objects(off.stdout).find((x) => x.kind === 'Pod')).toBeUndefined();
   });
 });

@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -47,6 +47,8 @@ export interface Helm {
   /** Runs helm; `kubeconfig` points it at a cluster. */
   run(args: string[], kubeconfig?: string): Run;
   ok(args: string[], kubeconfig?: string): string;
+  /** Runs helm without blocking (for commands that wait on the cluster, such as `helm test`). */
+  start(args: string[], kubeconfig?: string): Promise<Run>;
 }
 
 function helm(name: Helm['name']): Helm {
@@ -71,6 +73,16 @@ function helm(name: Helm['name']): Helm {
     name,
     run: (args, kubeconfig) => run(file, args, env(kubeconfig)),
     ok: (args, kubeconfig) => runOk(file, args, env(kubeconfig)),
+    start: (args, kubeconfig) =>
+      new Promise<Run>((resolve, reject) => {
+        const child = spawn(file, args, { env: { ...process.env, ...env(kubeconfig) } });
+        let stdout = '';
+        let stderr = '';
+        child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+        child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+        child.once('error', reject);
+        child.once('close', (status) => resolve({ status, stdout, stderr }));
+      }),
   };
 }
 

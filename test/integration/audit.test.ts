@@ -111,6 +111,20 @@ describe('audit', () => {
     expect((await auditProcess(['--limit', '1'], { REINIT_GUARD_PG_URL: db.url })).code).toBe(1);
   });
 
+  it('takes the database as separate PG* variables too (process entry point, no URL)', async () => {
+    const u = new URL(db.url);
+    const pg = { PGHOST: u.hostname, PGPORT: u.port, PGDATABASE: u.pathname.slice(1), PGUSER: decodeURIComponent(u.username), PGPASSWORD: decodeURIComponent(u.password), PGSSLMODE: 'disable' };
+    const r = await auditProcess(['--json', '--limit', '0'], pg);
+    expect(r.err).toBe('');
+    expect(r.code).toBe(1);
+    expect((JSON.parse(r.out) as AuditReport).counts.affected).toBe(5);
+    // Unreachable: the message names the database without its password.
+    const down = await auditProcess([], { ...pg, PGPORT: String(await freePort()), PGPASSWORD: 'hunter2-secret' });
+    expect(down.code).toBe(2);
+    expect(down.err).toMatch(/^audit: cannot reach PostgreSQL \(ECONNREFUSED.*\(from PGHOST and the other PG\* variables\)\]$/m);
+    expect(down.err + down.out).not.toContain('hunter2-secret');
+  });
+
   it('exit 2 with a clear message, no password, when the database is unreachable', async () => {
     const r = await auditProcess([], { REINIT_GUARD_PG_URL: `postgres://guard:hunter2-secret@127.0.0.1:${await freePort()}/coder` });
     expect(r.code).toBe(2);

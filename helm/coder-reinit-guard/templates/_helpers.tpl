@@ -1,14 +1,42 @@
-{{/* The chart's name. */}}
+{{/* The chart's name (nameOverride replaces it). */}}
 {{- define "guard.name" -}}
-coder-reinit-guard
+{{- default "coder-reinit-guard" .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end }}
 
-{{/* Resource name prefix: the release name (plus the chart name unless already in it). */}}
+{{/*
+Resource name prefix: fullnameOverride, or the release name (plus the chart name unless already
+in it).
+*/}}
 {{- define "guard.fullname" -}}
-{{- if contains "coder-reinit-guard" .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "guard.name" . -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-coder-reinit-guard" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/* The ServiceAccount the pods run as. */}}
+{{- define "guard.serviceAccountName" -}}
+{{- $sa := .Values.reinitGuard.serviceAccount -}}
+{{- if $sa.create -}}
+{{- default (include "guard.fullname" .) $sa.name -}}
+{{- else -}}
+{{- default "default" $sa.name -}}
+{{- end -}}
+{{- end }}
+
+{{/* The guard's image: repo@digest when a digest is given, else repo:tag. */}}
+{{- define "guard.image" -}}
+{{- $i := .Values.reinitGuard.image -}}
+{{- if $i.digest -}}
+{{- printf "%s@%s" $i.repo $i.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $i.repo ($i.tag | default .Chart.AppVersion) -}}
 {{- end -}}
 {{- end }}
 
@@ -28,6 +56,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 app.kubernetes.io/part-of: coder
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -61,6 +92,10 @@ false: accept that as "off" rather than failing on it.
 {{- end -}}
 {{- if $g.tls.enable -}}
 {{- $_ := required "reinitGuard.tls.secretName is required when reinitGuard.tls.enable is true: name the kubernetes.io/tls Secret with the certificate" $g.tls.secretName -}}
+{{- end -}}
+{{- if and $g.db.host (ne (include "guard.mode" .) "off") -}}
+{{- $_ := required "reinitGuard.db.existingSecret is required with reinitGuard.db.host: name the Secret holding the database role's password (key reinitGuard.db.passwordKey)" $g.db.existingSecret -}}
+{{- $_ := required "reinitGuard.db.user is required with reinitGuard.db.host: set the database role the guard logs in as" $g.db.user -}}
 {{- end -}}
 {{- if eq $g.topology "takeover" -}}
 {{- $_ := required "reinitGuard.coderRelease is required with topology takeover: set it to the coder chart's release name" $g.coderRelease -}}
