@@ -30,6 +30,7 @@ ARG SOURCE=""
 LABEL org.opencontainers.image.title="coder-reinit-guard" \
       org.opencontainers.image.description="Reverse proxy in front of Coder 2.34 coderd that stops spurious prebuild_claimed agent reinits" \
       org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="${SOURCE}"
 WORKDIR /app
 COPY --from=prod-deps /app/node_modules ./node_modules
@@ -39,5 +40,6 @@ USER 65532:65532
 ENV NODE_ENV=production
 EXPOSE 8080 9090
 # Node is PID 1 and handles SIGTERM/SIGINT itself (graceful shutdown in src/main.ts);
-# `node dist/main.js audit` and other subcommands work the same way.
+# subcommands take the same entrypoint: `docker run <image> audit` runs
+# `/nodejs/bin/node dist/main.js audit` (the image has no shell and no `node` on PATH).
 ENTRYPOINT ["/nodejs/bin/node", "dist/main.js"]

@@ -329,7 +329,7 @@ func (g *guardProc) readyz(ctx context.Context) (map[string]any, error) {
 }
 
 // guardRoleURL gives the guard the least-privilege role of the README
-// (sql/least-privilege-role.sql, its password replaced) on coderd's database and returns
+// (sql/least-privilege-role.sql, then its password set) on coderd's database and returns
 // the role's URL: the guard reads real coderd's schema with exactly the README's grants.
 func guardRoleURL(t *testing.T, env *coderdEnv) string {
 	return roleURLFor(t, env, "coder_reinit_guard")
@@ -343,17 +343,14 @@ func roleURLFor(t *testing.T, env *coderdEnv, role string) string {
 	script, err := os.ReadFile(filepath.Join(repo, "sql", "least-privilege-role.sql"))
 	require.NoError(t, err)
 	password := "fidelity-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	text := strings.ReplaceAll(string(script), "'change-me'", "'"+password+"'")
-	text = regexp.MustCompile(`\bcoder_reinit_guard\b`).ReplaceAllString(text, role)
-	var exists bool
-	require.NoError(t, env.sqlDB.QueryRow(`SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, role).Scan(&exists))
-	if exists {
-		// The other coder version's run on this server created it: keep the rest of the
-		// script (the grants on this database) and set the password.
-		text = regexp.MustCompile(`(?m)^CREATE ROLE `+role+` [^;]*;`).ReplaceAllString(text, "ALTER ROLE "+role+" PASSWORD '"+password+"';")
-	}
+	// The script is idempotent and sets no password: run it as is (the role may exist
+	// already, from the other coder version's run on this server), then set the password
+	// apart from it, as the docs tell operators to.
+	text := regexp.MustCompile(`\bcoder_reinit_guard\b`).ReplaceAllString(string(script), role)
 	_, err = env.sqlDB.Exec(text)
 	require.NoError(t, err, "sql/least-privilege-role.sql")
+	_, err = env.sqlDB.Exec("ALTER ROLE " + role + " PASSWORD '" + password + "'")
+	require.NoError(t, err, "ALTER ROLE ... PASSWORD")
 	u := mustURL(env.dbURL)
 	u.User = url.UserPassword(role, password)
 	return u.String()

@@ -1,6 +1,14 @@
 -- Least-privilege role for coder-reinit-guard. Run as a superuser (or the owner of coderd's
--- tables) while connected to coderd's database; replace the password first.
-CREATE ROLE coder_reinit_guard LOGIN PASSWORD 'change-me';
+-- tables) while connected to coderd's database. Safe to run again: it creates the role only
+-- if it is missing and re-applies the grants. It sets no password, so none is ever written
+-- in a file: set it separately (psql: \password coder_reinit_guard). Until then the role
+-- cannot log in with a password.
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'coder_reinit_guard') THEN
+    CREATE ROLE coder_reinit_guard LOGIN;
+  END IF;
+END $$;
+ALTER ROLE coder_reinit_guard LOGIN;
 -- Belt and braces: the guard also asks for read-only sessions itself.
 ALTER ROLE coder_reinit_guard SET default_transaction_read_only = on;
 DO $$ BEGIN

@@ -13,8 +13,8 @@ Options:
   -h, --help      print this help and exit
   -V, --version   print the guard's version and exit
 
-Configuration: every REINIT_GUARD_* variable, its default and its rule are in the
-"Configuration" table of the README (README.md beside the guard's package.json).
+Configuration: every REINIT_GUARD_* variable, its default and its rule are in
+docs/configuration.md of the guard's source repository.
 `;
 
 /** Exit status for a command line the guard does not understand (as for a bad configuration). */

@@ -66,7 +66,7 @@ function sessionToken(req: http.IncomingMessage, url: URL): string | null {
 export async function startCoderdStandin(opts: StandinOptions): Promise<Standin> {
   const sql = postgres(opts.pgUrl, { max: opts.poolSize ?? 4, onnotice: () => {} });
   const pingMs = opts.pingIntervalMs ?? 15_000;
-  const version = opts.version ?? 'v2.34.5+abc1234';
+  const version = opts.version ?? 'v2.34.3+4653f32';
   const state = { reinitRequests: 0, requests: 0 };
 
   const reinit = async (req: http.IncomingMessage, res: http.ServerResponse, url: URL, wait: string | null) => {

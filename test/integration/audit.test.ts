@@ -136,8 +136,9 @@ describe('audit', () => {
   it('exit 2 naming the missing grant for a guard-only role; the README grants are enough', async () => {
     const role = `audit_${randomBytes(3).toString('hex')}`;
     const password = randomBytes(9).toString('hex');
-    const guardSql = (await readFile(new URL('../../sql/least-privilege-role.sql', import.meta.url), 'utf8')).replaceAll('coder_reinit_guard', role).replace("'change-me'", `'${password}'`);
+    const guardSql = (await readFile(new URL('../../sql/least-privilege-role.sql', import.meta.url), 'utf8')).replaceAll('coder_reinit_guard', role);
     await db.sql.unsafe(guardSql);
+    await db.sql.unsafe(`ALTER ROLE ${role} PASSWORD '${password}'`);
     const url = new URL(db.url);
     url.username = role;
     url.password = password;

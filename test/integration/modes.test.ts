@@ -162,9 +162,13 @@ async function leastPrivilegeRole(prefix: string): Promise<{ role: string; url: 
   const role = `${prefix}_${randomBytes(3).toString('hex')}`;
   const password = randomBytes(9).toString('hex');
   const script = (await readFile(new URL('../../sql/least-privilege-role.sql', import.meta.url), 'utf8'))
-    .replaceAll('coder_reinit_guard', role)
-    .replace("'change-me'", `'${password}'`);
+    .replaceAll('coder_reinit_guard', role);
+  expect(script).not.toMatch(/\bPASSWORD\b/); // no password is ever written in the script
+  // Twice: the script is idempotent, so an operator can re-run it after an upgrade.
   await db.sql.unsafe(script);
+  await db.sql.unsafe(script);
+  // The password is set apart from the script, as the docs say (psql's \password does this).
+  await db.sql.unsafe(`ALTER ROLE ${role} PASSWORD '${password}'`);
   const url = new URL(db.url);
   url.username = role;
   url.password = password;
