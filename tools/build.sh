@@ -2,6 +2,7 @@
 # Builds the operator's real tools from their Go modules into .cache/bin/, for the chart tests:
 #   helm3, helm4        Helm 3 and Helm 4           (tools/helm3, tools/helm4)
 #   kube-apiserver      Kubernetes API server        (tools/kube)
+#   kube-controller-manager  its controllers (Deployments, EndpointSlices) (tools/kube)
 #   etcd                its store                    (tools/etcd)
 # and copies what the tests install beside our chart into .cache/manifests/ (tools/manifests):
 # the CRDs our optional objects need and coder's own Helm chart.
@@ -12,7 +13,8 @@
 # links. Idempotent: a binary whose module files, flags and Go
 # version have not changed is not rebuilt. Prints how long each step took.
 #
-# Usage: tools/build.sh [manifests|helm3|helm4|etcd|kube-apiserver]...   (default: all)
+# Usage: tools/build.sh [manifests|helm3|helm4|etcd|kube-apiserver|kube-controller-manager]...
+#   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -79,19 +81,27 @@ helm4() {
     -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
 }
 
-kube_apiserver() {
+# The ldflags Kubernetes' hack/lib/version.sh sets, so the servers report v1.37.2 (Helm reads it
+# for .Capabilities.KubeVersion), not v0.0.0-master.
+kube_flags() {
   local v minor flags='-s -w' key val
   v=$(modver kube k8s.io/kubernetes)
   minor=${v#v1.}
   minor=${minor%%.*}
-  # What Kubernetes' hack/lib/version.sh sets, so the server reports v1.37.2 (Helm reads it
-  # for .Capabilities.KubeVersion), not v0.0.0-master.
   for kv in "gitVersion=$v" gitMajor=1 "gitMinor=$minor" gitTreeState=clean buildDate=1970-01-01T00:00:00Z; do
     key=${kv%%=*}
     val=${kv#*=}
     flags+=" -X k8s.io/client-go/pkg/version.$key=$val -X k8s.io/component-base/version.$key=$val"
   done
-  build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "$flags"
+  printf '%s' "$flags"
+}
+
+kube_apiserver() {
+  build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "$(kube_flags)"
+}
+
+kube_controller_manager() {
+  build kube-controller-manager kube k8s.io/kubernetes/cmd/kube-controller-manager "$(kube_flags)"
 }
 
 etcd() {
@@ -124,7 +134,7 @@ manifests() {
 main() {
   local total t targets=("$@")
   total=$(now)
-  [ ${#targets[@]} -gt 0 ] || targets=(manifests helm3 helm4 etcd kube-apiserver)
+  [ ${#targets[@]} -gt 0 ] || targets=(manifests helm3 helm4 etcd kube-apiserver kube-controller-manager)
   for t in "${targets[@]}"; do
     case $t in
       manifests) manifests ;;
@@ -132,6 +142,7 @@ main() {
       helm4) helm4 ;;
       etcd) etcd ;;
       kube-apiserver) kube_apiserver ;;
+      kube-controller-manager) kube_controller_manager ;;
       *) echo "tools/build.sh: unknown target $t" >&2; exit 2 ;;
     esac
   done

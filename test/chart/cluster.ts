@@ -53,7 +53,13 @@ async function stopProcess(p: ChildProcess): Promise<void> {
   clearTimeout(t);
 }
 
-export async function startCluster(dir: string): Promise<Cluster> {
+/**
+ * Starts etcd and kube-apiserver; with `controllers`, kube-controller-manager too, running
+ * just those controllers (e.g. deployment, replicaset, endpointslice, garbagecollector), so
+ * that Deployments make pods and Services get EndpointSlices. Pods still never run: see
+ * {@link playKubelet}.
+ */
+export async function startCluster(dir: string, opts: { controllers?: string[] } = {}): Promise<Cluster> {
   const started = Date.now();
   mkdirSync(dir, { recursive: true });
   const [etcdClient, etcdPeer, apiPort] = [await freePort(), await freePort(), await freePort()];
@@ -102,7 +108,9 @@ export async function startCluster(dir: string): Promise<Cluster> {
     '--v=1',
   ], apiLog);
 
+  let controllerManager: ChildProcess | undefined;
   const stop = async () => {
+    if (controllerManager) await stopProcess(controllerManager);
     await stopProcess(apiserver);
     await stopProcess(etcd);
   };
@@ -174,6 +182,26 @@ export async function startCluster(dir: string): Promise<Cluster> {
     { mode: 0o600 },
   );
 
+  if (opts.controllers?.length) {
+    const cmLog = path.join(dir, 'kube-controller-manager.log');
+    controllerManager = start(path.join(bin, 'kube-controller-manager'), [
+      `--kubeconfig=${kubeconfig}`,
+      `--controllers=${opts.controllers.join(',')}`,
+      '--leader-elect=false',
+      // No serving endpoint: nothing scrapes or probes it here.
+      '--secure-port=0',
+      '--v=1',
+    ], cmLog);
+    // Ready once its controllers write: wait for the Endpoints/EndpointSlice of the
+    // "kubernetes" Service? It has none here (--endpoint-reconciler-type=none); the process
+    // staying up for a moment is the check, and each test waits for what it needs.
+    await sleep(1000);
+    if (controllerManager.exitCode !== null) {
+      await stop();
+      throw new Error(`kube-controller-manager exited ${controllerManager.exitCode}:\n${tail(cmLog)}`);
+    }
+  }
+
   return {
     kubeconfig,
     api,
@@ -188,3 +216,58 @@ export async function startCluster(dir: string): Promise<Cluster> {
 
 /** A scratch directory for one cluster (outside the repository: etcd writes a lot). */
 export const clusterDir = () => path.join(os.tmpdir(), `chart-cluster-${process.pid}-${Date.now()}`);
+
+type PodLike = {
+  metadata: { name: string; deletionTimestamp?: string };
+  spec: { nodeName?: string; containers: Array<{ name: string; image: string }> };
+  status?: { conditions?: Array<{ type: string; status: string }> };
+};
+
+/**
+ * Plays the kubelet (and the scheduler) for one namespace, as far as the API sees them: binds
+ * every new pod to a Node "fake-node", reports it running and ready with a pod IP of its own,
+ * and removes a pod being deleted. Every `intervalMs`, until stopped.
+ */
+export async function playKubelet(cluster: Cluster, ns: string, intervalMs = 100): Promise<{ stop(): Promise<void> }> {
+  const node = await cluster.api('POST', '/api/v1/nodes', { apiVersion: 'v1', kind: 'Node', metadata: { name: 'fake-node' } });
+  if (node.status !== 201 && node.status !== 409) throw new Error(`creating the Node: ${node.status}`);
+  const ips = new Map<string, string>();
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      const pods = await cluster.api<{ items?: PodLike[] }>('GET', `/api/v1/namespaces/${ns}/pods`);
+      for (const pod of pods.body.items ?? []) {
+        const name = pod.metadata.name;
+        const base = `/api/v1/namespaces/${ns}/pods/${name}`;
+        if (pod.metadata.deletionTimestamp) {
+          await cluster.api('DELETE', base, { apiVersion: 'v1', kind: 'DeleteOptions', gracePeriodSeconds: 0 });
+        } else if (!pod.spec.nodeName) {
+          await cluster.api('POST', `${base}/binding`, { apiVersion: 'v1', kind: 'Binding', metadata: { name }, target: { apiVersion: 'v1', kind: 'Node', name: 'fake-node' } });
+        } else if (!pod.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True')) {
+          if (!ips.has(name)) ips.set(name, `10.244.${Math.floor(ips.size / 250)}.${(ips.size % 250) + 2}`);
+          const ip = ips.get(name) as string;
+          const now = new Date().toISOString();
+          const condition = (type: string) => ({ type, status: 'True', lastTransitionTime: now });
+          await cluster.api('PATCH', `${base}/status`, {
+            status: {
+              phase: 'Running',
+              hostIP: '127.0.0.1',
+              podIP: ip,
+              podIPs: [{ ip }],
+              startTime: now,
+              conditions: ['PodScheduled', 'Initialized', 'ContainersReady', 'Ready'].map(condition),
+              containerStatuses: pod.spec.containers.map((c) => ({ name: c.name, image: c.image, imageID: '', ready: true, started: true, restartCount: 0, state: { running: { startedAt: now } } })),
+            },
+          }, 'application/merge-patch+json');
+        }
+      }
+      await sleep(intervalMs);
+    }
+  })();
+  return {
+    stop: async () => {
+      running = false;
+      await loop;
+    },
+  };
+}

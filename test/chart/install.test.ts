@@ -239,7 +239,7 @@ describe.each(helms)('$name walks the README', (helm: Helm) => {
       expect((await get<Service>('v1', 'Service', n, 'coder'))!.spec.selector).toMatchObject({ 'app.kubernetes.io/name': 'coder' });
     });
 
-    it('after the documented step (coder.service.enable=false on the coder release) the install succeeds', async () => {
+    it('once the coder release no longer owns the Service the install succeeds (the gap-free order is in handover.test.ts)', async () => {
       ok(['upgrade', 'coder', coderChart, '-n', n, '--reuse-values', '--set', 'coder.service.enable=false']);
       expect(await get('v1', 'Service', n, 'coder')).toBeUndefined();
       beforeGuard = await inventory(n);
@@ -303,9 +303,14 @@ describe.each(helms)('$name walks the README', (helm: Helm) => {
       expect(history[3]!.description).toBe('Rollback to 1');
     });
 
-    it('helm uninstall leaves nothing behind, and the coder release takes its Service back', async () => {
+    it('removal (docs/remove.md): routed back to coder, then uninstalled, only the kept Service is left, and the coder release takes it back', async () => {
+      ok(['upgrade', GUARD, chart, '-n', n, '--reuse-values', '--set', 'reinitGuard.service.routeTo=coder']);
+      expect(await selected(n, (await get<Service>('v1', 'Service', n, 'coder'))!.spec.selector!)).toEqual(['coder']);
       ok(['uninstall', GUARD, '-n', n]);
-      expect(await inventory(n)).toEqual(beforeGuard);
+      // "keep": the Service clients reach coder through outlives the release.
+      expect(await inventory(n)).toEqual([...beforeGuard, 'Service/coder'].sort());
+      const handBack = await cluster.api('PATCH', `/api/v1/namespaces/${n}/services/coder`, { metadata: { annotations: { 'meta.helm.sh/release-name': 'coder' } } }, 'application/merge-patch+json');
+      expect(handBack.status).toBe(200);
       ok(['upgrade', 'coder', coderChart, '-n', n, '--reuse-values', '--set', 'coder.service.enable=true']);
       const svc = (await get<Service>('v1', 'Service', n, 'coder'))!;
       expect(svc.metadata.annotations).toMatchObject({ 'meta.helm.sh/release-name': 'coder' });
