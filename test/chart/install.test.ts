@@ -245,7 +245,10 @@ describe.each(helms)('$name walks the README', (helm: Helm) => {
       beforeGuard = await inventory(n);
       const out = ok(['install', GUARD, chart, '-n', n, '-f', valuesFile('takeover')]);
       expect(out).toContain('STATUS: deployed');
-      expect(out).toContain('Next step: agents now reach the guard through the Service "coder" created here');
+      // The default routeTo=guard: NOTES describe the state after the switch, with the checks and the rollback line.
+      expect(out).toContain('Next step: check. Agents now reach the guard through the Service "coder"');
+      expect(out).toContain("get endpointslices -l 'kubernetes.io/service-name in (coder,coder-upstream)'");
+      expect(out).toMatch(/Roll back [^\n]*\n\n {2}helm upgrade coder-reinit-guard <this chart> -n \S+ --version \S+ --reuse-values --set reinitGuard\.service\.routeTo=coder --wait\n/);
       const svc = (await get<Service>('v1', 'Service', n, 'coder'))!;
       expect(svc.metadata.annotations).toMatchObject({ 'meta.helm.sh/release-name': GUARD, 'service.beta.kubernetes.io/aws-load-balancer-internal': 'true' });
       checksum1 = await checksum();
@@ -388,5 +391,16 @@ describe.each(helms)('$name walks the README', (helm: Helm) => {
       const expected = { ingress: /only\s+\/api\/v2\/workspaceagents\/me\/reinit/, gateway: /HTTPRoute coder-reinit-guard for coder\.example\.com sends only/ }[scenario] ?? /coder\.service\.enable=false/;
       expect(notes, scenario).toMatch(expected);
     }
+  });
+
+  it('NOTES.txt for a takeover installed with routeTo=coder: clients still on coder, the switch next, the rollback beside it', () => {
+    const out = ok(['install', GUARD, chart, '-n', 'coder', '--dry-run=client', '-f', valuesFile('takeover'), '--set', 'reinitGuard.service.routeTo=coder']);
+    const notes = out.slice(out.indexOf('NOTES:'));
+    expect(notes).toContain('The guard is installed; clients still reach coder.');
+    expect(notes).toContain('Next step: the switch.');
+    expect(notes).toContain('--reuse-values --set coder.service.enable=false');
+    expect(notes).toContain('--reuse-values --set reinitGuard.service.routeTo=guard --wait');
+    expect(notes).toContain('--reuse-values --set reinitGuard.service.routeTo=coder --wait');
+    expect(notes).not.toContain('Agents now reach the guard');
   });
 });
