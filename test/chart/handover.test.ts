@@ -144,8 +144,13 @@ describe.each(helms)('takeover handover with $name: coder never without a ready 
     step = 'remove: back to coder';
     expect((await merge(svcPath, { metadata: { annotations: { 'meta.helm.sh/release-name': 'coder' } } })).status).toBe(200);
     await h(['upgrade', 'coder', coderChart, '-n', n, '--reuse-values', '--set', 'coder.service.enable=true']);
+    // Helm 3's client-side merge leaves the guard's "keep" on the Service (Helm 4's server-side
+    // apply drops it): the last step of docs/remove.md removes it, so that uninstalling coder
+    // one day deletes its Service as before.
+    expect((await merge(svcPath, { metadata: { annotations: { 'helm.sh/resource-policy': null } } })).status).toBe(200);
     const svc = (await cluster.api<Service>('GET', svcPath)).body;
     expect(svc.metadata.annotations).toMatchObject({ 'meta.helm.sh/release-name': 'coder' });
+    expect(svc.metadata.annotations).not.toHaveProperty(['helm.sh/resource-policy']);
     expect(svc.spec.selector).toEqual({ 'app.kubernetes.io/name': 'coder', 'app.kubernetes.io/instance': 'coder' });
     await routedTo('coder');
     // A moment more of readings after the last step.
