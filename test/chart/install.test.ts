@@ -248,7 +248,8 @@ describe.each(helms)('$name walks the README', (helm: Helm) => {
       // The default routeTo=guard: NOTES describe the state after the switch, with the checks and the rollback line.
       expect(out).toContain('Next step: check. Agents now reach the guard through the Service "coder"');
       expect(out).toContain("get endpointslices -l 'kubernetes.io/service-name in (coder,coder-upstream)'");
-      expect(out).toMatch(/Roll back [^\n]*\n\n {2}helm upgrade coder-reinit-guard <this chart> -n \S+ --version \S+ --reuse-values --set reinitGuard\.service\.routeTo=coder --wait\n/);
+      // The guard's own chart pinned: the package of this chart version, never a directory.
+      expect(out).toMatch(/Roll back [^\n]*\n\n {2}helm upgrade coder-reinit-guard \.\/coder-reinit-guard-0\.1\.0\.tgz -n \S+ --reuse-values --set reinitGuard\.service\.routeTo=coder --wait\n/);
       const svc = (await get<Service>('v1', 'Service', n, 'coder'))!;
       expect(svc.metadata.annotations).toMatchObject({ 'meta.helm.sh/release-name': GUARD, 'service.beta.kubernetes.io/aws-load-balancer-internal': 'true' });
       checksum1 = await checksum();
@@ -393,14 +394,16 @@ describe.each(helms)('$name walks the README', (helm: Helm) => {
     }
   });
 
-  it('NOTES.txt for a takeover installed with routeTo=coder: clients still on coder, the switch next, the rollback beside it', () => {
-    const out = ok(['install', GUARD, chart, '-n', 'coder', '--dry-run=client', '-f', valuesFile('takeover'), '--set', 'reinitGuard.service.routeTo=coder']);
+  it('NOTES.txt for a takeover installed as documented (routeTo=coder, observe): clients still on coder, the switch next, the rollback beside it', () => {
+    const out = ok(['install', GUARD, chart, '-n', 'coder', '--dry-run=client', '-f', valuesFile('takeover'), '--set', 'reinitGuard.service.routeTo=coder', '--set', 'reinitGuard.mode=observe']);
     const notes = out.slice(out.indexOf('NOTES:'));
     expect(notes).toContain('The guard is installed; clients still reach coder.');
     expect(notes).toContain('Next step: the switch.');
-    expect(notes).toContain('--reuse-values --set coder.service.enable=false');
-    expect(notes).toContain('--reuse-values --set reinitGuard.service.routeTo=guard --wait');
-    expect(notes).toContain('--reuse-values --set reinitGuard.service.routeTo=coder --wait');
+    // Both charts pinned: coder's to the version its release runs, the guard's to this chart's package.
+    expect(notes).toContain('\n  helm upgrade coder coder-v2/coder -n coder --version "$(helm get metadata coder -n coder -o json | jq -r .version)" --reuse-values --set coder.service.enable=false\n');
+    expect(notes).toContain('\n  helm upgrade coder-reinit-guard ./coder-reinit-guard-0.1.0.tgz -n coder --reuse-values --set reinitGuard.service.routeTo=guard --wait\n');
+    expect(notes).toContain('\n  helm upgrade coder-reinit-guard ./coder-reinit-guard-0.1.0.tgz -n coder --reuse-values --set reinitGuard.service.routeTo=coder --wait\n');
+    expect(notes).toContain('\n  helm upgrade coder-reinit-guard ./coder-reinit-guard-0.1.0.tgz -n coder --reuse-values --set reinitGuard.mode=enforce --wait\n');
     expect(notes).not.toContain('Agents now reach the guard');
   });
 });
