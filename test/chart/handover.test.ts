@@ -1,6 +1,7 @@
-import { cpSync, rmSync } from 'node:fs';
+import { cpSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
 import { clusterDir, playKubelet, startCluster, type Cluster } from './cluster.js';
 import { chart, helms, manifests, requireTools, scratch, valuesFile, type Obj } from './tools.js';
 
@@ -9,11 +10,13 @@ import { chart, helms, manifests, requireTools, scratch, valuesFile, type Obj } 
  * kube-apiserver and kube-controller-manager (Deployments make ReplicaSets make pods; Services
  * get EndpointSlices), with this test playing the kubelet and the cloud (pods are bound, report
  * running and ready; coder's LoadBalancer has an address). Through the documented order, with
- * each Helm major and coder's own chart:
+ * each Helm major, coder's own chart and the guard's chart as the docs name it (its package,
+ * coder-reinit-guard-<version>.tgz):
  *
  *   1. hand coder's Service to the guard's release (its ownership annotations);
  *   2. `helm install --wait` with service.routeTo=coder (the Service still selects coder);
- *   3. the coder release drops the Service (coder.service.enable=false, pinned chart);
+ *   3. the coder release drops the Service (coder.service.enable=false), pinned as the docs pin
+ *      it: `--version` from `helm get metadata coder -o json`;
  *   4. `helm upgrade --wait` with routeTo=guard (the switch); the rollback line (routeTo=coder)
  *      and forward again;
  *   5. removal: routeTo=coder, `helm uninstall`, the Service handed back to the coder release.
@@ -27,6 +30,9 @@ const CODER_VERSION = 'v2.34.3';
 const LB_ADDRESS = '203.0.113.10';
 let cluster: Cluster;
 let coderChart: string;
+let coderChartVersion: string;
+/** The guard's chart as every documented command names it: its package, version in the name. */
+let guardPackage: string;
 let dir: string;
 
 type Slice = { endpoints?: Array<{ conditions?: { ready?: boolean }; targetRef?: { name: string } }> };
@@ -51,7 +57,11 @@ beforeAll(async () => {
   cpSync(path.join(manifests, 'coder'), path.join(dir, 'coder'), { recursive: true });
   cpSync(path.join(manifests, 'libcoder'), path.join(dir, 'libcoder'), { recursive: true });
   coderChart = path.join(dir, 'coder');
+  coderChartVersion = (parse(readFileSync(path.join(coderChart, 'Chart.yaml'), 'utf8')) as { version: string }).version;
   helms[0]!.ok(['dependency', 'build', coderChart]);
+  const { version } = parse(readFileSync(path.join(chart, 'Chart.yaml'), 'utf8')) as { version: string };
+  helms[0]!.ok(['package', chart, '-d', dir]);
+  guardPackage = path.join(dir, `coder-reinit-guard-${version}.tgz`);
 }, 300_000);
 
 afterAll(async () => {
@@ -85,6 +95,16 @@ describe.each(helms)('takeover handover with $name: coder never without a ready 
     const ready = (slices.body.items ?? []).flatMap((sl) => sl.endpoints ?? []).filter((e) => e.conditions?.ready).map((e) => e.targetRef?.name ?? '?');
     return { at: Date.now(), step, uid: s?.metadata.uid ?? null, clusterIP: s?.spec.clusterIP ?? null, lb: s?.status?.loadBalancer?.ingress?.[0]?.ip ?? null, ready: ready.sort() };
   };
+  /**
+   * The documented pin of coder's chart: `--version "$(helm get metadata coder -n <ns> -o json | jq -r .version)"`.
+   * (With the chart from a directory Helm would not need it; the point is that each Helm major
+   * answers the documented command with the chart version the release runs.)
+   */
+  const coderPin = async () => {
+    const meta = JSON.parse(await h(['get', 'metadata', 'coder', '-n', n, '-o', 'json'])) as { version?: string };
+    expect(meta.version).toBe(coderChartVersion);
+    return ['--version', meta.version!];
+  };
   /** Waits until the Service's ready endpoints are pods of `release` only. */
   const routedTo = async (release: string) =>
     expect.poll(async () => (await read()).ready.map((pod) => pod.startsWith(`${release}-`) && !(release === 'coder' && pod.startsWith(GUARD))), { timeout: 60_000, interval: 100 }).toSatisfy((xs: boolean[]) => xs.length > 0 && xs.every(Boolean));
@@ -109,7 +129,7 @@ describe.each(helms)('takeover handover with $name: coder never without a ready 
     step = 'hand over';
     expect((await merge(svcPath, { metadata: { annotations: { 'meta.helm.sh/release-name': GUARD, 'meta.helm.sh/release-namespace': n } } })).status).toBe(200);
     step = 'install routeTo=coder';
-    await h(['install', GUARD, chart, '-n', n, '-f', valuesFile('takeover'), '--set', 'reinitGuard.service.routeTo=coder', '--wait', '--timeout', '120s']);
+    await h(['install', GUARD, guardPackage, '-n', n, '-f', valuesFile('takeover'), '--set', 'reinitGuard.service.routeTo=coder', '--wait', '--timeout', '120s']);
     const svc = (await cluster.api<Service>('GET', svcPath)).body;
     expect(svc.metadata.annotations).toMatchObject({ 'meta.helm.sh/release-name': GUARD, 'helm.sh/resource-policy': 'keep' });
     expect(svc.spec.selector).toEqual({ 'app.kubernetes.io/name': 'coder', 'app.kubernetes.io/instance': 'coder' });
@@ -118,32 +138,32 @@ describe.each(helms)('takeover handover with $name: coder never without a ready 
 
   it("3: the coder release drops the Service from its manifest (pinned chart); \"keep\" leaves it in place", async () => {
     step = 'coder.service.enable=false';
-    await h(['upgrade', 'coder', coderChart, '-n', n, '--reuse-values', '--set', 'coder.service.enable=false']);
+    await h(['upgrade', 'coder', coderChart, '-n', n, ...(await coderPin()), '--reuse-values', '--set', 'coder.service.enable=false']);
     expect((await cluster.api('GET', svcPath)).status).toBe(200);
   });
 
   it('4: helm upgrade --wait with routeTo=guard switches it to the ready guard; the rollback line switches back', async () => {
     step = 'switch to guard';
-    await h(['upgrade', GUARD, chart, '-n', n, '--reuse-values', '--set', 'reinitGuard.service.routeTo=guard', '--wait', '--timeout', '120s']);
+    await h(['upgrade', GUARD, guardPackage, '-n', n, '--reuse-values', '--set', 'reinitGuard.service.routeTo=guard', '--wait', '--timeout', '120s']);
     await routedTo(GUARD);
     step = 'rollback line';
-    await h(['upgrade', GUARD, chart, '-n', n, '--reuse-values', '--set', 'reinitGuard.service.routeTo=coder', '--wait', '--timeout', '120s']);
+    await h(['upgrade', GUARD, guardPackage, '-n', n, '--reuse-values', '--set', 'reinitGuard.service.routeTo=coder', '--wait', '--timeout', '120s']);
     await routedTo('coder');
     step = 'forward again';
-    await h(['upgrade', GUARD, chart, '-n', n, '--reuse-values', '--set', 'reinitGuard.service.routeTo=guard', '--wait', '--timeout', '120s']);
+    await h(['upgrade', GUARD, guardPackage, '-n', n, '--reuse-values', '--set', 'reinitGuard.service.routeTo=guard', '--wait', '--timeout', '120s']);
     await routedTo(GUARD);
   });
 
   it('5: removal: route to coder, uninstall the guard, hand the Service back to the coder release', async () => {
     step = 'remove: routeTo=coder';
-    await h(['upgrade', GUARD, chart, '-n', n, '--reuse-values', '--set', 'reinitGuard.service.routeTo=coder', '--wait', '--timeout', '120s']);
+    await h(['upgrade', GUARD, guardPackage, '-n', n, '--reuse-values', '--set', 'reinitGuard.service.routeTo=coder', '--wait', '--timeout', '120s']);
     await routedTo('coder');
     step = 'remove: uninstall';
     await h(['uninstall', GUARD, '-n', n, '--wait', '--timeout', '120s']);
     expect((await cluster.api('GET', svcPath)).status).toBe(200);
     step = 'remove: back to coder';
     expect((await merge(svcPath, { metadata: { annotations: { 'meta.helm.sh/release-name': 'coder' } } })).status).toBe(200);
-    await h(['upgrade', 'coder', coderChart, '-n', n, '--reuse-values', '--set', 'coder.service.enable=true']);
+    await h(['upgrade', 'coder', coderChart, '-n', n, ...(await coderPin()), '--reuse-values', '--set', 'coder.service.enable=true']);
     // Helm 3's client-side merge leaves the guard's "keep" on the Service (Helm 4's server-side
     // apply drops it): the last step of docs/remove.md removes it, so that uninstalling coder
     // one day deletes its Service as before.
