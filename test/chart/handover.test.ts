@@ -22,8 +22,9 @@ import { chart, helms, manifests, requireTools, scratch, valuesFile, type Obj } 
  *   5. removal: routeTo=coder, `helm uninstall`, the Service handed back to the coder release.
  *
  * The EndpointSlices of the Service "coder" are read every 50 ms from before step 1 to after
- * step 5: at every reading the Service exists, is the same object (same UID, cluster IP and
- * load balancer address) and has at least one ready endpoint.
+ * step 5: at every reading the Service exists, is the same object (same UID, cluster IP, load
+ * balancer address and node port, which the cloud's load balancer targets) and has at least one
+ * ready endpoint.
  */
 const GUARD = 'coder-reinit-guard';
 const CODER_VERSION = 'v2.34.3';
@@ -36,7 +37,7 @@ let guardPackage: string;
 let dir: string;
 
 type Slice = { endpoints?: Array<{ conditions?: { ready?: boolean }; targetRef?: { name: string } }> };
-type Service = Obj & { metadata: Obj['metadata'] & { uid: string }; spec: { clusterIP: string; selector?: Record<string, string> }; status?: { loadBalancer?: { ingress?: Array<{ ip: string }> } } };
+type Service = Obj & { metadata: Obj['metadata'] & { uid: string }; spec: { clusterIP: string; selector?: Record<string, string>; ports?: Array<{ port: number; nodePort?: number }> }; status?: { loadBalancer?: { ingress?: Array<{ ip: string }> } } };
 
 /** One reading of the Service "coder": its identity and the pods of its ready endpoints. */
 interface Reading {
@@ -45,6 +46,8 @@ interface Reading {
   uid: string | null;
   clusterIP: string | null;
   lb: string | null;
+  /** The node ports of a LoadBalancer Service, which the cloud's load balancer targets: "80:31234". */
+  nodePorts: string | null;
   ready: string[];
 }
 
@@ -93,7 +96,7 @@ describe.each(helms)('takeover handover with $name: coder never without a ready 
     ]);
     const s = svc.status === 200 ? svc.body : null;
     const ready = (slices.body.items ?? []).flatMap((sl) => sl.endpoints ?? []).filter((e) => e.conditions?.ready).map((e) => e.targetRef?.name ?? '?');
-    return { at: Date.now(), step, uid: s?.metadata.uid ?? null, clusterIP: s?.spec.clusterIP ?? null, lb: s?.status?.loadBalancer?.ingress?.[0]?.ip ?? null, ready: ready.sort() };
+    return { at: Date.now(), step, uid: s?.metadata.uid ?? null, clusterIP: s?.spec.clusterIP ?? null, lb: s?.status?.loadBalancer?.ingress?.[0]?.ip ?? null, nodePorts: s?.spec.ports?.map((p) => `${p.port}:${p.nodePort}`).join(',') ?? null, ready: ready.sort() };
   };
   /**
    * The documented pin of coder's chart: `--version "$(helm get metadata coder -n <ns> -o json | jq -r .version)"`.
@@ -185,7 +188,8 @@ describe.each(helms)('takeover handover with $name: coder never without a ready 
     const first = readings[0]!;
     expect(first.uid).not.toBeNull();
     expect(first.lb).toBe(LB_ADDRESS);
-    const bad = readings.filter((r) => r.uid !== first.uid || r.clusterIP !== first.clusterIP || r.lb !== first.lb || r.ready.length === 0);
+    expect(first.nodePorts).toMatch(/^80:\d+$/);
+    const bad = readings.filter((r) => r.uid !== first.uid || r.clusterIP !== first.clusterIP || r.lb !== first.lb || r.nodePorts !== first.nodePorts || r.ready.length === 0);
     expect(bad, `readings without a ready endpoint or with another Service (of ${readings.length})`).toEqual([]);
     // Both sides were seen serving: the test watched a real switch, not a Service that never moved.
     expect(readings.some((r) => r.ready.some((p) => p.startsWith(GUARD)))).toBe(true);
