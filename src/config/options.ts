@@ -182,7 +182,7 @@ const maxPassTtl = (raw: string): Parsed<number> => {
   return d.ok && d.value > MAX_PASS_CACHE_TTL_MS ? { ok: false, rule: 'use at most 10s: the claim build stops being the latest as soon as the user builds again' } : d;
 };
 
-/** Every option, in the order the README documents them. */
+/** Every option, in the order docs/configuration.md documents them. */
 export const OPTIONS: readonly OptionSpec[] = [
   option({ env: 'REINIT_GUARD_UPSTREAM', key: 'upstream', doc: 'coderd base URL (http or https); required', parse: parseUpstream }),
   option({
