@@ -245,7 +245,7 @@ describe.each(helms)('$name walks the README', (helm: Helm) => {
       beforeGuard = await inventory(n);
       const out = ok(['install', GUARD, chart, '-n', n, '-f', valuesFile('takeover')]);
       expect(out).toContain('STATUS: deployed');
-      // The default routeTo=guard: NOTES describe the state after the switch, with the checks and the rollback line.
+      // The scenario's routeTo=guard: NOTES describe the state after the switch, with the checks and the rollback line.
       expect(out).toContain('Next step: check. Agents now reach the guard through the Service "coder"');
       expect(out).toContain("get endpointslices -l 'kubernetes.io/service-name in (coder,coder-upstream)'");
       // The guard's own chart pinned: the package of this chart version, never a directory.

@@ -166,6 +166,12 @@ describe('topology-specific objects (helm3 output; helm4 renders the same golden
     expect(configMap(o).REINIT_GUARD_UPSTREAM).toBe('http://coder-upstream.coder.svc.cluster.local:80');
   });
 
+  it('takeover by default: the Service coder still selects the coder pods, so an install alone moves no client', () => {
+    const o = objects(helms[0]!.ok(['template', release, chart, '-n', 'coder']));
+    const coder = o.find((x) => x.kind === 'Service' && x.metadata.name === 'coder')!;
+    expect(coder.spec!.selector).toEqual({ 'app.kubernetes.io/name': 'coder', 'app.kubernetes.io/instance': 'coder' });
+  });
+
   it('rollouts: never below the desired ready replicas, and a grace period that covers the shutdown delay and drain', () => {
     const o = objs('takeover');
     const deployment = o.find((x) => x.kind === 'Deployment')!;
