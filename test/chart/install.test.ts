@@ -401,7 +401,7 @@ describe.each(helms)('$name walks the README', (helm: Helm) => {
     expect(notes).toContain('Next step: the switch.');
     // Both charts pinned: coder's to the version its release runs, the guard's to this chart's package.
     expect(notes).toContain('\n  helm upgrade coder coder-v2/coder -n coder --version "$(helm get metadata coder -n coder -o json | jq -r .version)" --reuse-values --set coder.service.enable=false\n');
-    expect(notes).toContain('\n  helm upgrade coder-reinit-guard ./coder-reinit-guard-0.1.0.tgz -n coder --reuse-values --set reinitGuard.service.routeTo=guard --wait\n');
+    expect(notes).toContain('\n  helm test coder-reinit-guard -n coder\n  helm upgrade coder-reinit-guard ./coder-reinit-guard-0.1.0.tgz -n coder --reuse-values --set reinitGuard.service.routeTo=guard --wait\n');
     expect(notes).toContain('\n  helm upgrade coder-reinit-guard ./coder-reinit-guard-0.1.0.tgz -n coder --reuse-values --set reinitGuard.service.routeTo=coder --wait\n');
     expect(notes).toContain('\n  helm upgrade coder-reinit-guard ./coder-reinit-guard-0.1.0.tgz -n coder --reuse-values --set reinitGuard.mode=enforce --wait\n');
     expect(notes).not.toContain('Agents now reach the guard');
