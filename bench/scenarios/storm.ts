@@ -13,6 +13,9 @@ import { percentile, promSum, round } from '../lib/stats.js';
  * PostgreSQL), in one run:
  *
  * - `direct`: the same storm straight to the stand-in (the baseline);
+ * - `floor`: the same storm through the least a Node process can do per agent
+ *   (bench/contenders/reinit-floor.ts), with raw sockets, with node:http's server, and with
+ *   node:http on both sides, twice each: what the platform costs, beside what the guard costs;
  * - `cold`: a fresh guard at its default configuration but with the cache warm-up off, so
  *   every workspace is looked up (the worst case);
  * - `again`: the same guard, the same storm at once (every verdict cached);
@@ -111,7 +114,7 @@ function right(kind: BulkKind, r: ReinitResult | null, workspaceId: string): boo
   return r.status === 200 && !r.body.toString().includes('prebuild_claimed');
 }
 
-async function runStorm(name: string, url: string, agents: Agent[], watch: { guard?: Proc & { adminUrl?: string }; guardPort?: number; standinPort: number; pgUrl: string }): Promise<StormRow> {
+async function runStorm(name: string, url: string, agents: Agent[], watch: { guard?: Proc & { adminUrl?: string }; floor?: Proc; guardPort?: number; standinPort: number; pgUrl: string }): Promise<StormRow> {
   const metrics = async () => (watch.guard?.adminUrl ? (await fetch(`${watch.guard.adminUrl}/metrics`)).text() : '');
   const before = await metrics();
   const since = new Date().toISOString();
@@ -129,6 +132,13 @@ async function runStorm(name: string, url: string, agents: Agent[], watch: { gua
         if (p === watch.standinPort) samples.standinQueue = Math.max(samples.standinQueue, Number(cols[1]));
       }
       await new Promise((res) => setTimeout(res, 10));
+    }
+  })();
+  const floorRss = (async () => {
+    // A floor contender (no database, no metrics): its RSS only.
+    while (sampling && watch.floor) {
+      samples.rss = Math.max(samples.rss, watch.floor.rss());
+      await new Promise((res) => setTimeout(res, 20));
     }
   })();
   const sampler = (async () => {
@@ -166,6 +176,7 @@ async function runStorm(name: string, url: string, agents: Agent[], watch: { gua
   const seconds = round((performance.now() - started) / 1000, 2);
   sampling = false;
   await sampler;
+  await floorRss;
   await acceptQueues;
   const after = await metrics();
   const statuses: Record<string, number> = {};
@@ -214,12 +225,16 @@ async function runStorm(name: string, url: string, agents: Agent[], watch: { gua
       failedOpenDetails: logCounts(watch.guard.log(), since, (m) => m.startsWith('reinit decision failed open') || m === 'reinit stream passed without a decision', 'detail'),
     });
   }
+  if (watch.floor) row.maxRssMiB = round(samples.rss / 2 ** 20, 1);
   row.maxStandinAcceptQueue = samples.standinQueue;
   if (watch.guard) row.maxGuardAcceptQueue = samples.guardQueue;
   row.listenOverflows = overflows() - ovBefore;
   process.stderr.write(`  storm ${name}: ${JSON.stringify(row)}\n`);
   return row;
 }
+
+/** The floor contender's modes, as the rows name them. */
+const FLOOR_NAMES = { raw: '(raw sockets)', server: '(node:http server, raw upstream)', both: '(node:http both sides)' } as const;
 
 /** Runs the storms of issue 18; `agents` long-claimed workspaces, one agent each. */
 export async function runStorms(pg: EmbeddedPg, opts: { agents: number; workers?: string }): Promise<{ rows: StormRow[]; poolSize: number }> {
@@ -250,6 +265,17 @@ export async function runStorms(pg: EmbeddedPg, opts: { agents: number; workers?
   };
   try {
     rows.push(await runStorm('direct (stand-in alone)', upstream, long, { standinPort, pgUrl: url }));
+    // The floor (bench/contenders/reinit-floor.ts): what Node itself costs per agent of a
+    // cached storm, by how much of its HTTP stack is used; twice each, as cold and again.
+    for (const mode of ['raw', 'server', 'both'] as const) {
+      const floorPort = await freePort();
+      const floor = await startNode(`floor-${mode}`, 'bench/contenders/reinit-floor.ts', floorPort, { TARGET: upstream, FLOOR_MODE: mode });
+      try {
+        for (const run of ['', ', again']) rows.push(await runStorm(`floor ${FLOOR_NAMES[mode]}${run}`, `http://127.0.0.1:${floorPort}`, long, { floor, standinPort, pgUrl: url }));
+      } finally {
+        await floor.stop();
+      }
+    }
     await guardStorm(['cold (warm-up off)', 'again at once'], long, { REINIT_GUARD_CACHE_WARM_INTERVAL: '0' });
     await guardStorm(['warm (default)'], long, {}, async (g) => {
       const deadline = Date.now() + 60_000;
