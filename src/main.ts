@@ -1,4 +1,6 @@
 #!/usr/bin/env node
+// First, for its side effect: a V8 setting that must hold before any traffic (gc-tuning.ts).
+import './gc-tuning.js';
 import cluster from 'node:cluster';
 import { describeConfig, loadConfig, unknownVariables, type Config } from './config/index.js';
 import { runAudit } from './audit/index.js';
