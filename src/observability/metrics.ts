@@ -156,7 +156,7 @@ export function createMetrics(defaults = true): Metrics {
     }),
     upstreamRetries: new Counter({
       name: 'coder_reinit_guard_upstream_retries_total',
-      help: 'Bodiless idempotent requests sent to coderd a second time, on a fresh connection, because the first connection failed before any answer, by reason (closed, reset: coderd closed an idle keep-alive connection as the request went out; interim_100: coderd sent a 100 Continue; no_descriptor: the guard was out of file descriptors, and a bodiless request waited for one).',
+      help: 'Requests sent to coderd again (bodiless idempotent requests and, for no_descriptor, bodiless upgrades), on a fresh connection, because the first connection failed before any answer, by reason (closed, reset: coderd closed an idle keep-alive connection as the request went out; interim_100: coderd sent a 100 Continue; no_descriptor: the guard was out of file descriptors, and a bodiless request or upgrade waited for one, counted per try).',
       labelNames: ['reason'],
       registers,
     }),

@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import { markFromCoderd } from '../observability/traffic.js';
+import { DescriptorWait, outOfDescriptors } from './descriptors.js';
 import { classifyUpstreamError, upstreamFailure, writeCoderError } from './errors.js';
 import { toFlat, toPairs, type Framing } from './headers.js';
 import { dispatch, dispatchOwnConnection, UNSENDABLE_TARGET, type HopCallbacks, type HopControl, type ResponseSink, type RetryReason, type UpstreamHead } from './hop.js';
@@ -164,9 +165,8 @@ class Forwarding implements HopCallbacks {
   private counted = true;
   /** Sends the request again after `ms` (set by {@link forward}). */
   resendAfter: ((ms: number) => void) | null = null;
-  private descriptorWaits = 0;
-  /** When the first wait for a descriptor began (none on the hot path until one is needed). */
-  private waitingSince = 0;
+  /** Created at the first wait for a descriptor (none on the hot path until one is needed). */
+  private descriptorWait: DescriptorWait | null = null;
 
   constructor(
     private readonly deps: ForwardDeps,
@@ -232,7 +232,7 @@ class Forwarding implements HopCallbacks {
     const { deps, req, res } = this;
     if (res.headersSent || res.destroyed) return void res.destroy();
     const code = (err as { code?: string }).code;
-    if (code !== undefined && OUT_OF_DESCRIPTORS.has(code) && this.waitForDescriptor()) return;
+    if (outOfDescriptors(err) && this.waitForDescriptor()) return;
     if (err.message === 'bad upgrade') return unrelayable(deps, res, 'unrequested_upgrade', 101);
     if (code === 'ERR_ASSERTION') return unrelayable(deps, res, 'invalid_status', null);
     if (code === 'UND_ERR_INVALID_ARG' || code === UNSENDABLE_TARGET) {
@@ -248,28 +248,22 @@ class Forwarding implements HopCallbacks {
   }
 
   /**
-   * The guard ran out of file descriptors opening coderd's connection (EMFILE: a storm of
-   * 10,000 agents holds 20,000 sockets): nothing was sent, and descriptors come free as other
-   * streams end. That is the guard's own queueing, never a reason to answer 502: a bodiless
-   * request waits (10 ms, doubling to 500 ms) and is sent again, for at most the connect
-   * deadline counted from its first wait.
-   * A body may already be partly read: such a request fails as before.
+   * The guard ran out of file descriptors opening coderd's connection (descriptors.ts): a
+   * bodiless request waits and is sent again. A body may already be partly read: such a
+   * request fails as before.
    */
   private waitForDescriptor(): boolean {
     const { deps, req } = this;
     if (hasBody(this.framing) || !this.resendAfter) return false;
-    if (this.descriptorWaits === 0) this.waitingSince = performance.now();
-    else if (performance.now() - this.waitingSince >= deps.upstream.connectTimeoutMs) return false;
-    const ms = Math.min(500, 10 * 2 ** this.descriptorWaits++);
+    this.descriptorWait ??= new DescriptorWait(deps.upstream.connectTimeoutMs);
+    const ms = this.descriptorWait.next();
+    if (ms === null) return false;
     deps.metrics.upstreamRetries.inc({ reason: 'no_descriptor' });
-    if (this.descriptorWaits === 1) deps.log.debug('no file descriptor for coderd\'s connection: waiting', { method: req.method ?? '', path: logPath(req.url) });
+    if (this.descriptorWait.first) deps.log.debug('no file descriptor for coderd\'s connection: waiting', { method: req.method ?? '', path: logPath(req.url) });
     this.resendAfter(ms);
     return true;
   }
 }
-
-/** The process's own descriptor limits (per process, system-wide). */
-const OUT_OF_DESCRIPTORS: ReadonlySet<string> = new Set(['EMFILE', 'ENFILE']);
 
 /**
  * Proxies one request to coderd: streams the body up (only ever with explicit framing),

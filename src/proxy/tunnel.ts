@@ -1,6 +1,7 @@
 import type { ClientRequest, IncomingMessage } from 'node:http';
 import type { Duplex, Writable } from 'node:stream';
 import type { Socket } from 'node:net';
+import { DescriptorWait, outOfDescriptors } from './descriptors.js';
 import { classifyUpstreamError, rawCoderError, upstreamFailure } from './errors.js';
 import type { ForwardDeps } from './forward.js';
 import { clientResponseHeaders, toPairs } from './headers.js';
@@ -48,8 +49,12 @@ export function createTunnelHandler(deps: ForwardDeps) {
     const upgrade = isConnect ? undefined : (req.headers.upgrade ?? '');
     noDelay(socket);
     const framing = requestFraming(req);
-    const upReq: ClientRequest = openUpstream(deps.upstream, req, framing, { upgrade, connectTarget: isConnect ? req.url : undefined });
+    const openOptions = { upgrade, connectTarget: isConnect ? req.url : undefined };
+    let upReq: ClientRequest = openUpstream(deps.upstream, req, framing, openOptions);
     let answered = false;
+    // A bodiless upgrade the guard had no descriptor for (descriptors.ts) waits and goes again.
+    let descriptorWait: DescriptorWait | null = null;
+    let retryTimer: NodeJS.Timeout | undefined;
     // Bytes the client sent after its head (and after its body, if it announced one):
     // tunnel data, replayed once coderd accepts the upgrade.
     let early = head;
@@ -58,6 +63,7 @@ export function createTunnelHandler(deps: ForwardDeps) {
     let stopBody: ((upSocket: Duplex) => void) | null = null;
     socket.on('error', () => upReq.destroy());
     socket.once('close', () => {
+      clearTimeout(retryTimer);
       if (!answered) upReq.destroy();
     });
 
@@ -81,9 +87,7 @@ export function createTunnelHandler(deps: ForwardDeps) {
         metrics.openStreams.dec({ kind: 'tunnel' });
       });
     };
-    upReq.once(isConnect ? 'connect' : 'upgrade', onUpgraded);
-
-    upReq.once('response', (upRes) => {
+    const onResponse = (upRes: IncomingMessage) => {
       answered = true;
       // Not upgraded: relay the answer, delimited by closing the connection.
       const headers = clientResponseHeaders(upRes.rawHeaders);
@@ -91,17 +95,47 @@ export function createTunnelHandler(deps: ForwardDeps) {
       socket.write(rawHead(upRes.statusCode ?? 502, upRes.statusMessage ?? '', headers), 'latin1');
       upRes.pipe(socket);
       upRes.once('error', () => socket.destroy());
-    });
+    };
 
-    upReq.once('error', (err) => {
+    const onError = (err: Error) => {
       if (answered) return socket.destroy();
+      if (outOfDescriptors(err) && waitForDescriptor()) return;
       answered = true;
       const kind = classifyUpstreamError(err);
       metrics.upstreamErrors.inc({ kind });
       log.warn('upstream upgrade failed', { kind, code: (err as { code?: string }).code ?? null, upgrade: isConnect ? 'CONNECT' : logUpgrade(upgrade), path: logPath(req.url) });
       const { status, body } = upstreamFailure(kind, err);
       socket.end(rawCoderError(status, status === 504 ? 'Gateway Timeout' : 'Bad Gateway', body));
-    });
+    };
+
+    const listen = (r: ClientRequest) => {
+      r.once(isConnect ? 'connect' : 'upgrade', onUpgraded);
+      r.once('response', onResponse);
+      r.once('error', onError);
+    };
+    listen(upReq);
+
+    /**
+     * No descriptor for coderd's connection: nothing was sent. An upgrade without a body (every
+     * WebSocket and DERP client's) is opened again after a wait, as a plain request is
+     * (forward.ts); one whose body is under way fails as before.
+     */
+    function waitForDescriptor(): boolean {
+      if (framing.kind === 'length' || socket.destroyed) return false;
+      descriptorWait ??= new DescriptorWait(deps.upstream.connectTimeoutMs);
+      const ms = descriptorWait.next();
+      if (ms === null) return false;
+      metrics.upstreamRetries.inc({ reason: 'no_descriptor' });
+      if (descriptorWait.first) log.debug('no file descriptor for coderd\'s connection: waiting', { upgrade: isConnect ? 'CONNECT' : logUpgrade(upgrade), path: logPath(req.url) });
+      retryTimer = setTimeout(() => {
+        if (socket.destroyed) return;
+        upReq = openUpstream(deps.upstream, req, framing, openOptions);
+        listen(upReq);
+        upReq.end();
+      }, ms);
+      return true;
+    }
+
     if (framing.kind !== 'length') upReq.end();
     else if (req.readableLength > 0 || !req.complete) sendParsedBody();
     else sendBody(Number(framing.length));

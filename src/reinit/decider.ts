@@ -1,5 +1,6 @@
 import { LRUCache } from 'lru-cache';
 import type { Queries, WorkspaceLatestBuild } from '../db/queries.js';
+import { outOfDescriptors } from '../proxy/descriptors.js';
 import { decide, isFinal, type LatestBuild, type Verdict } from './verdict.js';
 
 /** Why a decision could not be made; the stream then fails open. */
@@ -83,7 +84,7 @@ export function classifyDbError(err: unknown): { failure: DbFailure; detail: str
   const e = err as { code?: string; message?: string; errno?: string };
   const code = e?.code ?? '';
   const message = (e?.message ?? String(err)).slice(0, 300);
-  if (OUT_OF_DESCRIPTORS.has(code)) return { failure: 'no_descriptor', detail: `the guard has no file descriptor left for a database connection (${code}): raise its open-files limit` };
+  if (outOfDescriptors(err)) return { failure: 'no_descriptor', detail: `the guard has no file descriptor left for a database connection (${code}): raise its open-files limit` };
   if (code === '42501') return { failure: 'privilege', detail: `missing privilege: apply sql/least-privilege-role.sql to the guard's role (${message})` };
   if (POSTGRES_CODES[code]) return { failure: POSTGRES_CODES[code] as DbFailure, detail: message };
   if (/^(ECONNREFUSED|ECONNRESET|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EHOSTUNREACH|CONNECT_TIMEOUT|CONNECTION_)/.test(code) || code === '57P01' || code === '57P03' || code === '53300') {
@@ -93,9 +94,6 @@ export function classifyDbError(err: unknown): { failure: DbFailure; detail: str
 }
 
 class DeadlineError extends Error {}
-
-/** The process's own descriptor limits (per process, system-wide): nothing reached the database. */
-const OUT_OF_DESCRIPTORS: ReadonlySet<string> = new Set(['EMFILE', 'ENFILE']);
 
 /**
  * Failures that say the database itself cannot answer now, whatever it is asked: what queues
