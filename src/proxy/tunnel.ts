@@ -49,8 +49,8 @@ export function createTunnelHandler(deps: ForwardDeps) {
     const upgrade = isConnect ? undefined : (req.headers.upgrade ?? '');
     noDelay(socket);
     const framing = requestFraming(req);
-    const openOptions = { upgrade, connectTarget: isConnect ? req.url : undefined };
-    let upReq: ClientRequest = openUpstream(deps.upstream, req, framing, openOptions);
+    // Opened below, once its listeners exist; again after a wait for a descriptor.
+    let upReq: ClientRequest;
     let answered = false;
     // A bodiless upgrade the guard had no descriptor for (descriptors.ts) waits and goes again.
     let descriptorWait: DescriptorWait | null = null;
@@ -108,12 +108,15 @@ export function createTunnelHandler(deps: ForwardDeps) {
       socket.end(rawCoderError(status, status === 504 ? 'Gateway Timeout' : 'Bad Gateway', body));
     };
 
-    const listen = (r: ClientRequest) => {
+    /** Starts the request to coderd, with this tunnel's listeners. */
+    const startUpstream = (): ClientRequest => {
+      const r = openUpstream(deps.upstream, req, framing, { upgrade, connectTarget: isConnect ? req.url : undefined });
       r.once(isConnect ? 'connect' : 'upgrade', onUpgraded);
       r.once('response', onResponse);
       r.once('error', onError);
+      return r;
     };
-    listen(upReq);
+    upReq = startUpstream();
 
     /**
      * No descriptor for coderd's connection: nothing was sent. An upgrade without a body (every
@@ -129,8 +132,7 @@ export function createTunnelHandler(deps: ForwardDeps) {
       if (descriptorWait.first) log.debug('no file descriptor for coderd\'s connection: waiting', { upgrade: isConnect ? 'CONNECT' : logUpgrade(upgrade), path: logPath(req.url) });
       retryTimer = setTimeout(() => {
         if (socket.destroyed) return;
-        upReq = openUpstream(deps.upstream, req, framing, openOptions);
-        listen(upReq);
+        upReq = startUpstream();
         upReq.end();
       }, ms);
       return true;
