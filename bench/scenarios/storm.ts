@@ -134,22 +134,20 @@ async function runStorm(name: string, url: string, agents: Agent[], watch: { gua
       await new Promise((res) => setTimeout(res, 10));
     }
   })();
-  const floorRss = (async () => {
-    // A floor contender (no database, no metrics): its RSS only.
-    while (sampling && watch.floor) {
-      samples.rss = Math.max(samples.rss, watch.floor.rss());
-      await new Promise((res) => setTimeout(res, 20));
-    }
-  })();
   const sampler = (async () => {
-    if (!watch.guard) return;
-    const s = postgres(watch.pgUrl, { max: 1, onnotice: () => {} });
+    // The contender's RSS; for the guard also its database connections and its metrics (a
+    // floor contender has neither).
+    const proc = watch.guard ?? watch.floor;
+    if (!proc) return;
+    const s = watch.guard ? postgres(watch.pgUrl, { max: 1, onnotice: () => {} }) : null;
     let tick = 0;
     while (sampling) {
-      const [r] = await s<{ n: number }[]>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'coder-reinit-guard'`;
-      samples.db = Math.max(samples.db, r!.n);
-      samples.rss = Math.max(samples.rss, watch.guard.rss());
-      if (tick++ % 10 === 0 && watch.guard.adminUrl) {
+      samples.rss = Math.max(samples.rss, proc.rss());
+      if (s) {
+        const [r] = await s<{ n: number }[]>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'coder-reinit-guard'`;
+        samples.db = Math.max(samples.db, r!.n);
+      }
+      if (tick++ % 10 === 0 && watch.guard?.adminUrl) {
         // The guard's own count of both sides, read in one scrape: a consistent snapshot
         // (an `ss` dump of 20,000 sockets during a storm is not).
         const text = await metrics();
@@ -165,7 +163,7 @@ async function runStorm(name: string, url: string, agents: Agent[], watch: { gua
       }
       await new Promise((res) => setTimeout(res, 20));
     }
-    await s.end();
+    await s?.end();
   })();
   const started = performance.now();
   const results = await Promise.all(
@@ -176,7 +174,6 @@ async function runStorm(name: string, url: string, agents: Agent[], watch: { gua
   const seconds = round((performance.now() - started) / 1000, 2);
   sampling = false;
   await sampler;
-  await floorRss;
   await acceptQueues;
   const after = await metrics();
   const statuses: Record<string, number> = {};
