@@ -91,10 +91,36 @@ async function hundredAtOnce(port: number, admin: number, request: (i: number) =
   return { sockets, answers };
 }
 
+/**
+ * The storm at the limit: `upstream` (not yet listening) holds every request until
+ * `release` is called. 100 clients ask at once through a guard limited to 160 descriptors,
+ * which runs out; then coderd is released. Returns each client's first line back, once the
+ * guard said it waited for descriptors and counted the waits.
+ */
+async function hundredThroughLimitedGuard(upstream: http.Server, opts: { request: (i: number) => string; release: () => void; closeOnAnswer?: boolean }): Promise<string[]> {
+  upstream.maxConnections = 10_000;
+  await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+  const guard = await startLimitedGuard((upstream.address() as AddressInfo).port);
+  try {
+    const { sockets, answers } = await hundredAtOnce(guard.port, guard.admin, opts.request, opts.closeOnAnswer);
+    await waitFor(() => guard.log().includes('no file descriptor'), 15_000, 'the guard to run out of descriptors');
+    opts.release();
+    const all = await Promise.all(answers);
+    for (const s of sockets) s.destroy();
+    const retries = await (await fetch(`http://127.0.0.1:${guard.admin}/metrics`)).text();
+    expect(retries).toMatch(/coder_reinit_guard_upstream_retries_total\{reason="no_descriptor"\} [1-9]/);
+    return all;
+  } finally {
+    await guard.stop();
+    upstream.closeAllConnections();
+    upstream.close();
+  }
+}
+
 describe('the guard out of file descriptors', () => {
   it('holds bodiless requests until a descriptor is free: every one answered by coderd, none 502', async () => {
-    // coderd answers each request only once `release` is called: until then every request
-    // holds its client's socket and the guard's socket to coderd.
+    // coderd answers each request only once released: until then every request holds its
+    // client's socket and the guard's socket to coderd.
     const held: http.ServerResponse[] = [];
     let release = false;
     const upstream = http.createServer((req, res) => {
@@ -102,29 +128,19 @@ describe('the guard out of file descriptors', () => {
       if (release) return void res.end('ok');
       held.push(res);
     });
-    upstream.maxConnections = 10_000;
-    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
-    const guard = await startLimitedGuard((upstream.address() as AddressInfo).port);
-    try {
-      const { sockets, answers } = await hundredAtOnce(guard.port, guard.admin, (i) => `GET /api/v2/x/${i} HTTP/1.1\r\nHost: coder\r\n\r\n`);
-      await waitFor(() => guard.log().includes('no file descriptor'), 15_000, 'the guard to run out of descriptors');
-      release = true;
-      for (const res of held.splice(0)) res.end('ok');
-      const all = await Promise.all(answers);
-      for (const s of sockets) s.destroy();
-      expect(all.filter((a) => a !== 'HTTP/1.1 200 OK')).toEqual([]);
-      const retries = await (await fetch(`http://127.0.0.1:${guard.admin}/metrics`)).text();
-      expect(retries).toMatch(/coder_reinit_guard_upstream_retries_total\{reason="no_descriptor"\} [1-9]/);
-    } finally {
-      await guard.stop();
-      upstream.closeAllConnections();
-      upstream.close();
-    }
+    const all = await hundredThroughLimitedGuard(upstream, {
+      request: (i) => `GET /api/v2/x/${i} HTTP/1.1\r\nHost: coder\r\n\r\n`,
+      release: () => {
+        release = true;
+        for (const res of held.splice(0)) res.end('ok');
+      },
+    });
+    expect(all.filter((a) => a !== 'HTTP/1.1 200 OK')).toEqual([]);
   });
 
   it('holds upgrades (DERP, WebSocket) until a descriptor is free: every one switched by coderd, none 502', async () => {
-    // coderd switches each upgrade only once `release` is called (agents reconnect their
-    // DERP and RPC sockets in the same storm as /reinit).
+    // coderd switches each upgrade only once released (agents reconnect their DERP and RPC
+    // sockets in the same storm as /reinit).
     const held: Duplex[] = [];
     let release = false;
     const switched = (socket: Duplex) => socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n');
@@ -140,25 +156,16 @@ describe('the guard out of file descriptors', () => {
       if (release) switched(socket);
       else held.push(socket);
     });
-    upstream.maxConnections = 10_000;
-    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
-    const guard = await startLimitedGuard((upstream.address() as AddressInfo).port);
-    try {
+    const all = await hundredThroughLimitedGuard(upstream, {
+      request: (i) => `GET /derp/${i} HTTP/1.1\r\nHost: coder\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n`,
+      release: () => {
+        release = true;
+        for (const socket of held.splice(0)) switched(socket);
+      },
       // A tunnel holds its descriptors for its life: each client leaves once switched, so that
       // the waiting upgrades find descriptors coming free, as agents' streams end in a storm.
-      const { sockets, answers } = await hundredAtOnce(guard.port, guard.admin, (i) => `GET /derp/${i} HTTP/1.1\r\nHost: coder\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n`, true);
-      await waitFor(() => guard.log().includes('no file descriptor'), 15_000, 'the guard to run out of descriptors');
-      release = true;
-      for (const socket of held.splice(0)) switched(socket);
-      const all = await Promise.all(answers);
-      for (const s of sockets) s.destroy();
-      expect(all.filter((a) => a !== 'HTTP/1.1 101 Switching Protocols')).toEqual([]);
-      const retries = await (await fetch(`http://127.0.0.1:${guard.admin}/metrics`)).text();
-      expect(retries).toMatch(/coder_reinit_guard_upstream_retries_total\{reason="no_descriptor"\} [1-9]/);
-    } finally {
-      await guard.stop();
-      upstream.closeAllConnections();
-      upstream.close();
-    }
+      closeOnAnswer: true,
+    });
+    expect(all.filter((a) => a !== 'HTTP/1.1 101 Switching Protocols')).toEqual([]);
   });
 });
